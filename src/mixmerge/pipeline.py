@@ -1,0 +1,174 @@
+"""The one story: resolve the base → specialists and mixture (cached) → merge → evaluate → report.
+
+Every stage is an ``ensure_*`` function that returns a cached artifact when its config was seen before,
+so a sweep trains each specialist once and spends its time on merges and evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mixmerge.cache import ArtifactStore, write_json_atomic
+from mixmerge.models import BaseModel, load_model, load_tokenizer, resolve_base_model
+from mixmerge.report import format_table
+from mixmerge.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+# Trainer fields that change the trained weights; the rest (logging, progress bars, threads) do not.
+TRAINER_KEYS_THAT_MATTER = ("max_steps", "precision", "accelerator")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One evaluated model: ``base``, ``specialist/<task>``, ``mixture`` or ``merged``."""
+
+    name: str
+    path: Path
+    key: str
+
+
+def training_config(cfg: Mapping[str, Any]) -> dict:
+    """What determines a trained model besides its data: identical for every specialist and the mixture."""
+    return {
+        "finetune": cfg["finetune"],
+        "trainer": {k: cfg["trainer"][k] for k in TRAINER_KEYS_THAT_MATTER},
+        "seed": cfg["seed"],
+        "prompt_style": cfg["model"]["prompt_style"],
+        "dtype": cfg["model"]["dtype"],
+    }
+
+
+def _train(cfg, store: ArtifactStore, tracker: Tracker, base: BaseModel, *, kind: str, label: str,
+           key_config: Mapping[str, Any], train: Sequence, val: Sequence) -> Variant:
+    from mixmerge.train.sft import train_model
+
+    def build(work: Path) -> dict:
+        return train_model(base.path, train=train, val=val, finetune=cfg["finetune"], trainer_cfg=cfg["trainer"],
+                           model_cfg=cfg["model"], out_dir=work, seed=cfg["seed"],
+                           loggers=tracker.lightning_loggers(label), label=label)
+
+    art = store.get_or_build(kind, key_config, build, inputs={"base": base.key}, resumable=True, label=label)
+    return Variant(label, art.path, art.key)
+
+
+def ensure_specialist(cfg, store, tracker, base: BaseModel, task: str, splits) -> Variant:
+    key_config = {"task": task, "data": splits.key, **training_config(cfg)}
+    return _train(cfg, store, tracker, base, kind="specialist", label=f"specialist/{task}",
+                  key_config=key_config, train=splits.train, val=splits.valid)
+
+
+def ensure_mixture(cfg, store, tracker, base: BaseModel, tasks: Mapping[str, Any]) -> Variant:
+    from mixmerge.data import build_mixture
+
+    mix = cfg["task"]["mixture"]
+    weights = {t: float(w) for t, w in mix["weights"].items() if t in tasks}
+    train = build_mixture(tasks, weights, by=mix["by"], seed=cfg["seed"], tokenizer=load_tokenizer(base.path))
+    val = [ex for splits in tasks.values() for ex in splits.valid]
+    key_config = {"data": {t: s.key for t, s in sorted(tasks.items())}, "mixture": {"weights": weights, "by": mix["by"]},
+                  **training_config(cfg)}
+    return _train(cfg, store, tracker, base, kind="mixture", label="mixture", key_config=key_config,
+                  train=train, val=val)
+
+
+def merge_config_for_key(merge_cfg: Mapping[str, Any]) -> dict:
+    """The merge parameters that determine the merged weights (paths of a standalone merge excluded)."""
+    return {k: v for k, v in merge_cfg.items() if k not in ("base", "models", "output", "from_mergekit")}
+
+
+def ensure_merged(cfg, store, base: BaseModel, specialists: Sequence[Variant]) -> Variant:
+    from mixmerge.merge import merge_folders
+
+    merge_cfg = cfg["merge"]
+    inputs = {"base": base.key, **{v.name: v.key for v in specialists}}
+
+    def build(work: Path) -> dict:
+        report = merge_folders(merge_cfg, base.path, [v.path for v in specialists], work)
+        return {"merge_seconds": report.get("seconds", report.get("time_s"))}
+
+    art = store.get_or_build("merged", merge_config_for_key(merge_cfg), build, inputs=inputs,
+                             label=f"merged ({merge_cfg['method']})")
+    return Variant("merged", art.path, art.key)
+
+
+def ensure_evaluation(cfg, store, variant: Variant, heldout: Mapping[str, Sequence]) -> dict[str, float]:
+    """Evaluate ``variant`` (cached by the model's key, the eval config and the held-out data)."""
+    from mixmerge.eval import aggregate, evaluate_model
+
+    eval_cfg = cfg["eval"]
+    data_keys = {t: getattr(h, "key", None) for t, h in heldout.items()}
+    key_config = {"eval": eval_cfg, "prompt_style": cfg["model"]["prompt_style"], "data": data_keys}
+
+    def build(work: Path) -> dict:
+        model = load_model(variant.path, dtype=cfg["model"]["dtype"])
+        model.eval()
+        tokenizer = load_tokenizer(variant.path)
+        metrics = evaluate_model(model, tokenizer, eval_cfg=eval_cfg,
+                                 heldout={t: h.test for t, h in heldout.items()},
+                                 prompt_style=cfg["model"]["prompt_style"], out_dir=work)
+        if metrics:
+            metrics["aggregate"] = aggregate(metrics, eval_cfg)
+        write_json_atomic(work / "metrics.json", metrics)
+        return {"model_path": str(variant.path)}
+
+    art = store.get_or_build("eval", key_config, build, inputs={"model": variant.key},
+                             label=f"evaluation of {variant.name}")
+    return json.loads((art.path / "metrics.json").read_text())
+
+
+def objective_value(cfg: Mapping[str, Any], results: Mapping[str, Mapping]) -> float | list[float] | None:
+    """The number(s) a sweeper optimises: ``objective.variant`` / ``objective.metric`` (a list = multi-objective)."""
+    obj = cfg["objective"]
+    variant = results.get(obj["variant"])
+    if variant is None:
+        return None
+    metric_names = obj["metric"] if isinstance(obj["metric"], list) else [obj["metric"]]
+    values = [float(variant["metrics"].get(m, math.nan)) for m in metric_names]
+    return values if isinstance(obj["metric"], list) else values[0]
+
+
+def write_results(cfg, run_dir: Path, results: Mapping[str, Mapping], caption: str) -> float | list | None:
+    objective = objective_value(cfg, results)
+    write_json_atomic(run_dir / "metrics.json", {"variants": results, "objective": objective, "config": cfg})
+    table = format_table({name: r["metrics"] for name, r in results.items()}, caption=caption)
+    (run_dir / "metrics.md").write_text(table + "\n")
+    print("\n" + table + "\n")
+    return objective
+
+
+def run_compare(cfg: Mapping[str, Any], *, store: ArtifactStore, run_dir: Path, tracker: Tracker):
+    """base → specialists → mixture → merged → evaluate each → table and objective."""
+    from mixmerge.data import load_tasks
+
+    want = set(cfg["strategy"]["variants"])
+    base = resolve_base_model(cfg["model"], store)
+    log.info("base model %s from %s", base.name, base.origin)
+    tasks = load_tasks(cfg["task"], store=store, seed=cfg["seed"])
+    variants: list[Variant] = [Variant("base", base.path, base.key)] if "base" in want else []
+    specialists = []
+    if want & {"specialists", "merged"}:
+        specialists = [ensure_specialist(cfg, store, tracker, base, t, s) for t, s in tasks.items()]
+        if "specialists" in want:
+            variants += specialists
+    if "mixture" in want:
+        variants.append(ensure_mixture(cfg, store, tracker, base, tasks))
+    if "merged" in want:
+        variants.append(ensure_merged(cfg, store, base, specialists))
+    results = {}
+    for v in variants:
+        metrics = ensure_evaluation(cfg, store, v, tasks) if cfg["eval"].get("enabled", True) else {}
+        results[v.name] = {"metrics": metrics, "artifact": str(v.path)}
+        tracker.log_metrics({f"{v.name}/{k}": val for k, val in metrics.items()})
+    caption = cfg["eval"].get("caption") or f"eval={cfg['eval'].get('name', '')}"
+    objective = write_results(cfg, run_dir, results, caption)
+    columns = sorted({k for r in results.values() for k in r["metrics"]})
+    tracker.log_table("results", ["variant", *columns],
+                      [[n, *(r["metrics"].get(c) for c in columns)] for n, r in results.items()])
+    tracker.log_summary({"objective": objective})
+    return objective
