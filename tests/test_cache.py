@@ -1,0 +1,152 @@
+"""The artifact store: hit/miss rules, atomicity under a crash, one build under concurrency."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mixmerge.cache import ArtifactStore, content_key
+from mixmerge.pipeline import merge_config_for_key, training_config
+
+
+def _writer(calls: list):
+    def build(work: Path):
+        calls.append(work)
+        (work / "weights.bin").write_bytes(b"x" * 10)
+        return {"note": "built"}
+
+    return build
+
+
+def test_second_request_is_a_hit_and_manifest_records_config(tmp_path):
+    store, calls = ArtifactStore(tmp_path), []
+    first = store.get_or_build("specialist", {"lr": 1e-4, "seed": 0}, _writer(calls), inputs={"base": "abc"})
+    second = store.get_or_build("specialist", {"seed": 0, "lr": 1e-4}, _writer(calls), inputs={"base": "abc"})
+    assert len(calls) == 1 and not first.reused and second.reused
+    assert first.path == second.path and (first.path / "weights.bin").read_bytes() == b"x" * 10
+    manifest = json.loads((first.path / "manifest.json").read_text())
+    assert manifest["config"] == {"lr": 1e-4, "seed": 0}
+    assert manifest["inputs"] == {"base": "abc"} and manifest["note"] == "built"
+    assert "torch" in manifest["versions"] and manifest["build_seconds"] >= 0
+
+
+@pytest.mark.parametrize("change", [{"lr": 2e-4}, {"seed": 1}, {"data": "other"}])
+def test_what_matters_changes_the_key(change):
+    config = {"lr": 1e-4, "seed": 0, "data": "d1"}
+    assert content_key("specialist", config) != content_key("specialist", {**config, **change})
+
+
+def test_inputs_and_kind_change_the_key():
+    assert content_key("merged", {"m": 1}, {"base": "a"}) != content_key("merged", {"m": 1}, {"base": "b"})
+    assert content_key("merged", {"m": 1}) != content_key("mixture", {"m": 1})
+
+
+def test_what_does_not_matter_keeps_the_key():
+    cfg = {
+        "finetune": {"method": "full", "lr": 1e-4},
+        "trainer": {"max_steps": 4, "precision": "32-true", "accelerator": "cpu", "log_every_n_steps": 1,
+                    "enable_progress_bar": True, "num_threads": None},
+        "seed": 0,
+        "model": {"prompt_style": "completion", "dtype": "float32"},
+        "logger": {"wandb": {"mode": "offline"}},
+    }
+    other = json.loads(json.dumps(cfg))
+    other["logger"]["wandb"]["mode"] = "online"
+    other["trainer"].update(log_every_n_steps=50, enable_progress_bar=False, num_threads=2)
+    assert content_key("s", training_config(cfg)) == content_key("s", training_config(other))
+    other["trainer"]["max_steps"] = 5
+    assert content_key("s", training_config(cfg)) != content_key("s", training_config(other))
+    merge = {"method": "ties", "weight": 0.5, "output": "/a", "base": "/b", "models": ["/c"]}
+    assert merge_config_for_key(merge) == merge_config_for_key({**merge, "output": "/elsewhere"})
+
+
+def test_failed_build_leaves_nothing_that_counts(tmp_path):
+    store = ArtifactStore(tmp_path)
+
+    def crash(work: Path):
+        (work / "half.bin").write_bytes(b"half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        store.get_or_build("merged", {"a": 1}, crash)
+    key = content_key("merged", {"a": 1})
+    assert store.lookup("merged", key) is None and not store.path_for("merged", key).exists()
+    calls: list = []
+    art = store.get_or_build("merged", {"a": 1}, _writer(calls))
+    assert len(calls) == 1 and not (art.path / "half.bin").exists()
+
+
+KILLED_BUILD = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from mixmerge.cache import ArtifactStore
+
+    def build(work):
+        (work / "half.bin").write_bytes(b"half")
+        os._exit(9)  # the process dies mid-write, as under kill -9
+
+    ArtifactStore(sys.argv[1]).get_or_build("merged", {"a": 1}, build)
+    """
+)
+
+
+def test_killed_process_mid_write_is_rebuilt(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(tmp_path)], capture_output=True)
+    assert proc.returncode == 9
+    store = ArtifactStore(tmp_path)
+    key = content_key("merged", {"a": 1})
+    assert store.lookup("merged", key) is None  # the partial folder is not an artifact
+    calls: list = []
+    art = store.get_or_build("merged", {"a": 1}, _writer(calls))
+    assert len(calls) == 1 and sorted(p.name for p in art.path.iterdir()) == ["manifest.json", "weights.bin"]
+
+
+CONCURRENT_BUILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from mixmerge.cache import ArtifactStore
+
+    def build(work):
+        with open(Path(sys.argv[1]) / "builds.log", "a") as f:
+            f.write("build\\n")
+        time.sleep(1.0)
+        (work / "w.bin").write_bytes(b"w")
+
+    art = ArtifactStore(Path(sys.argv[1]) / "cache").get_or_build("mixture", {"a": 1}, build)
+    print(art.path)
+    """
+)
+
+
+def test_two_processes_build_once(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_BUILD, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    paths = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(paths) == 1
+    assert (tmp_path / "builds.log").read_text().count("build") == 1
+
+
+def test_resumable_build_sees_its_partial_work(tmp_path):
+    store = ArtifactStore(tmp_path)
+    seen = []
+
+    def first(work: Path):
+        (work / "checkpoint").write_text("step 3")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.get_or_build("specialist", {"a": 1}, first, resumable=True)
+
+    def second(work: Path):
+        seen.append((work / "checkpoint").read_text())
+
+    store.get_or_build("specialist", {"a": 1}, second, resumable=True)
+    assert seen == ["step 3"]
