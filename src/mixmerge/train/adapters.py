@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mixmerge.models import load_model, torch_dtype
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from mixmerge.data.datamodule import forward_kwargs
+
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     """LR multiplier: linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at ``total_steps``."""
@@ -30,7 +32,7 @@ class SFTModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, finetune: Mapping[str, Any], *, total_steps: int,
                  log_prefix: str = "train"):
         super().__init__()
-        self.model = model
+        self.model = model.train()  # from_pretrained returns eval mode; LoRA dropout must be active
         self.finetune = dict(finetune)
         self.total_steps = total_steps
         self.log_prefix = log_prefix
@@ -42,8 +44,8 @@ class SFTModule(L.LightningModule):
         return self.model(**batch)
 
     def _loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-        return self.model(**inputs, labels=batch["labels"]).loss
+        # packed rows go without attention_mask so attention stays inside each example (data/datamodule.py)
+        return self.model(**forward_kwargs(batch)).loss
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch)

@@ -12,11 +12,11 @@ from typing import Any
 import lightning as L
 import torch
 
-from mixmerge.data import SFTDataModule
 from mixmerge.data.example import Example
 from mixmerge.models import load_tokenizer
 from mixmerge.train.adapters import export_model, prepare_model
 from mixmerge.train.module import SFTModule
+from mixmerge.train.resumable import ResumableSFTData
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ CHECKPOINTS = "checkpoints"
 
 
 def build_trainer(trainer_cfg: Mapping[str, Any], finetune: Mapping[str, Any], *, ckpt_dir: Path,
-                  loggers: Sequence, label: str) -> L.Trainer:
+                  loggers: Sequence, callbacks: Sequence = ()) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", every_n_train_steps=int(
@@ -45,7 +45,7 @@ def build_trainer(trainer_cfg: Mapping[str, Any], finetune: Mapping[str, Any], *
         enable_model_summary=False,
         num_sanity_val_steps=0,
         logger=list(loggers) or False,
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, *callbacks],
         default_root_dir=str(ckpt_dir.parent),
         deterministic=False,
     )
@@ -53,7 +53,8 @@ def build_trainer(trainer_cfg: Mapping[str, Any], finetune: Mapping[str, Any], *
 
 def train_model(base_path: Path, *, train: Sequence[Example], val: Sequence[Example],
                 finetune: Mapping[str, Any], trainer_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any],
-                out_dir: Path, seed: int, loggers: Sequence = (), label: str = "train") -> dict:
+                out_dir: Path, seed: int, packing: bool = True, loggers: Sequence = (),
+                callbacks: Sequence = (), label: str = "train") -> dict:
     """Fine-tune the base on ``train`` and write the HF folder into ``out_dir``.
 
     ``out_dir`` doubles as the work folder: an interrupted run leaves its Lightning checkpoints in
@@ -66,16 +67,16 @@ def train_model(base_path: Path, *, train: Sequence[Example], val: Sequence[Exam
     L.seed_everything(seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(base_path)
     model = prepare_model(base_path, finetune, dtype=model_cfg["dtype"])
-    datamodule = SFTDataModule(train, val, tokenizer, prompt_style=model_cfg["prompt_style"],
+    datamodule = ResumableSFTData(train, val, tokenizer, prompt_style=model_cfg["prompt_style"],
                                max_length=int(finetune["max_length"]), batch_size=int(finetune["batch_size"]),
-                               seed=seed)
+                               seed=seed, packing=bool(packing))
     module = SFTModule(model, finetune, total_steps=int(trainer_cfg["max_steps"]), log_prefix=label)
     ckpt_dir = out_dir / CHECKPOINTS
     last = ckpt_dir / "last.ckpt"
     resume = str(last) if last.is_file() else None
     if resume:
         log.info("%s: resuming from %s", label, last)
-    trainer = build_trainer(trainer_cfg, finetune, ckpt_dir=ckpt_dir, loggers=loggers, label=label)
+    trainer = build_trainer(trainer_cfg, finetune, ckpt_dir=ckpt_dir, loggers=loggers, callbacks=callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     changed = export_model(module.model, finetune, base_path, out_dir, tokenizer, dtype=model_cfg["dtype"])
     (out_dir / "trained_tensors.json").write_text(json.dumps(changed, indent=0))
