@@ -40,6 +40,7 @@ def training_config(cfg: Mapping[str, Any]) -> dict:
         "finetune": cfg["finetune"],
         "trainer": {k: cfg["trainer"][k] for k in TRAINER_KEYS_THAT_MATTER},
         "seed": cfg["seed"],
+        "packing": cfg["task"].get("packing", True),
         "prompt_style": cfg["model"]["prompt_style"],
         "dtype": cfg["model"]["dtype"],
     }
@@ -52,6 +53,7 @@ def _train(cfg, store: ArtifactStore, tracker: Tracker, base: BaseModel, *, kind
     def build(work: Path) -> dict:
         return train_model(base.path, train=train, val=val, finetune=cfg["finetune"], trainer_cfg=cfg["trainer"],
                            model_cfg=cfg["model"], out_dir=work, seed=cfg["seed"],
+                           packing=cfg["task"].get("packing", True),
                            loggers=tracker.lightning_loggers(label), label=label)
 
     art = store.get_or_build(kind, key_config, build, inputs={"base": base.key}, resumable=True, label=label)
@@ -142,6 +144,50 @@ def write_results(cfg, run_dir: Path, results: Mapping[str, Mapping], caption: s
     return objective
 
 
+def eval_caption(eval_cfg: Mapping[str, Any]) -> str:
+    """Say which subsets the numbers come from, so nobody reads a 16-problem pass@1 as the full benchmark."""
+    if not eval_cfg.get("enabled", True):
+        return "No evaluation (eval=none)."
+    parts = []
+    for name, label in (("humaneval", "HumanEval"), ("mbpp", "MBPP"), ("codesum", "codesum test")):
+        sub = eval_cfg.get(name) or {}
+        if sub.get("enabled"):
+            parts.append(f"{label}: {'all' if sub.get('limit') is None else sub['limit']} problems")
+    loss = eval_cfg.get("loss") or {}
+    if loss.get("enabled", True):
+        parts.append(f"held-out loss: {'all' if loss.get('limit') is None else loss['limit']} examples per task")
+    return f"Seeded subsets (eval.seed={eval_cfg.get('seed', 0)}): " + "; ".join(parts) + "."
+
+
+def describe_check(check: Mapping[str, Any]) -> str:
+    """One paragraph: what won on the aggregate, by how much, and what merging cost relative to the specialists."""
+    verdict = {True: "the recommendation was right", False: "the recommendation was wrong"}.get(
+        check.get("recommendation_correct"), "no verdict (a tie or a missing variant)")
+    deg = (check.get("degradation") or {}).get("best_merge") or {}
+    return (f"Measured: winner = {check.get('winner')} by {check.get('margin', float('nan')):.4f} aggregate "
+            f"(mixture {check.get('mixture_aggregate', float('nan')):.4f} vs best merge "
+            f"{check.get('best_merge')} {check.get('best_merge_aggregate', float('nan')):.4f}); {verdict}. "
+            f"Best merge's mean degradation vs the specialists: {100 * deg.get('mean', float('nan')):.1f}%.")
+
+
+def analyse_variants(cfg, run_dir: Path, base: BaseModel, variants: Sequence[Variant],
+                     results: Mapping[str, Mapping], tracker: Tracker):
+    """Weight deltas, task-vector correlation and the mix-or-merge recommendation, checked against results."""
+    from mixmerge.analysis.stage import run_analysis
+
+    wanted = set(cfg["analysis"].get("models") or [])
+    models = {v.name: v.path for v in variants if v.name != "base" and (not wanted or v.name in wanted)}
+    if not models:
+        return None
+    outputs = run_analysis(base.path, models, cfg["analysis"], run_dir / "analysis", variant_metrics=results,
+                           run=tracker.wandb_run)
+    if outputs.recommendation is not None:
+        print(f"Recommendation: {outputs.recommendation.choice} ({outputs.recommendation.reason})")
+    if outputs.check:
+        print(describe_check(outputs.check))
+    return outputs
+
+
 def run_compare(cfg: Mapping[str, Any], *, store: ArtifactStore, run_dir: Path, tracker: Tracker):
     """base → specialists → mixture → merged → evaluate each → table and objective."""
     from mixmerge.data import load_tasks
@@ -165,8 +211,9 @@ def run_compare(cfg: Mapping[str, Any], *, store: ArtifactStore, run_dir: Path, 
         metrics = ensure_evaluation(cfg, store, v, tasks) if cfg["eval"].get("enabled", True) else {}
         results[v.name] = {"metrics": metrics, "artifact": str(v.path)}
         tracker.log_metrics({f"{v.name}/{k}": val for k, val in metrics.items()})
-    caption = cfg["eval"].get("caption") or f"eval={cfg['eval'].get('name', '')}"
-    objective = write_results(cfg, run_dir, results, caption)
+    objective = write_results(cfg, run_dir, results, eval_caption(cfg["eval"]))
+    if cfg["analysis"].get("enabled", True):
+        analyse_variants(cfg, run_dir, base, variants, results, tracker)
     columns = sorted({k for r in results.values() for k in r["metrics"]})
     tracker.log_table("results", ["variant", *columns],
                       [[n, *(r["metrics"].get(c) for c in columns)] for n, r in results.items()])
