@@ -9,6 +9,7 @@ artifact at once; the second one waits and then reuses the first one's result.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -47,10 +48,8 @@ def library_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for name in ("torch", "transformers", "lightning", "peft", "safetensors", "mixmerge"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return out
 
 

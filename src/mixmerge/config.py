@@ -65,6 +65,14 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
 
     strategy = cfg["strategy"]
     _require(strategy.get("name") in STRATEGIES, f"strategy.name={strategy.get('name')!r} must be one of {sorted(STRATEGIES)}")
+    if strategy["name"] == "score":
+        ev = cfg["eval"]
+        _require(bool(ev.get("samples") or (ev.get("bleu") or {}).get("reference")),
+                 "strategy=score needs eval.samples=FILE.jsonl or eval.bleu.reference=REF eval.bleu.predictions=PRED")
+        return
+    if strategy["name"] in ("analyze", "rounds"):
+        validate_model(cfg["model"])
+        return
     if strategy["name"] == "merge":
         from mixmerge.merge import validate_merge_config
 

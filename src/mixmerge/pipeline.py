@@ -70,7 +70,8 @@ def ensure_mixture(cfg, store, tracker, base: BaseModel, tasks: Mapping[str, Any
     from mixmerge.data import build_mixture
 
     mix = cfg["task"]["mixture"]
-    weights = {t: float(w) for t, w in mix["weights"].items() if t in tasks}
+    # null weights = every training example of every task
+    weights = None if mix.get("weights") is None else {t: float(w) for t, w in mix["weights"].items() if t in tasks}
     train = build_mixture(tasks, weights, by=mix["by"], seed=cfg["seed"], tokenizer=load_tokenizer(base.path))
     val = [ex for splits in tasks.values() for ex in splits.valid]
     key_config = {"data": {t: s.key for t, s in sorted(tasks.items())}, "mixture": {"weights": weights, "by": mix["by"]},

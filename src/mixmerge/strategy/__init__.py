@@ -10,6 +10,9 @@ STRATEGIES: dict[str, str] = {
     "specialist": "mixmerge.pipeline:run_compare",
     "mixture": "mixmerge.pipeline:run_compare",
     "merge": "mixmerge.strategy.merge_only:run",
+    "score": "mixmerge.strategy.score:run",
+    "analyze": "mixmerge.strategy.analyze:run",
+    "rounds": "mixmerge.strategy.rounds:run",
 }
 
 

@@ -1,0 +1,292 @@
+"""One table and the paper's figures from a sweep directory of ``metrics.json`` files.
+
+Each job of a multirun leaves ``<sweep_dir>/<job>/metrics.json`` (variants -> metrics, objective, resolved
+config) next to Hydra's ``.hydra/overrides.yaml``. ``collect_metrics`` flattens them into rows,
+``write_report`` writes ``report.csv``, ``report.md`` and plots (merged-model metric vs ``merge.weight`` per
+method, with the specialists and the mixture as reference lines; the Pareto front when the objective has two
+values), and ``best_per_method`` picks the best row of each merge method.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.json"
+# Row keys every report starts with; metric columns follow, sorted.
+LEAD_COLUMNS = ("job", "method", "weight", "objective", "overrides")
+MERGE_PARAMS = ("density", "epsilon", "gamma", "lambda")
+REFERENCE_VARIANTS = ("base", "specialist/codegen", "specialist/codesum", "mixture")
+
+
+def _read_overrides(job_dir: Path) -> list[str]:
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or []
+    return [str(x) for x in data]
+
+
+def _get(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def flatten_job(metrics: Mapping[str, Any], job: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """One row: job id, merge method and parameters, objective(s), ``<variant>/<task>/<metric>`` values."""
+    config = metrics.get("config") or {}
+    row: dict[str, Any] = {"job": job, "method": _get(config, "merge.method"),
+                           "weight": _get(config, "merge.weight"), "overrides": " ".join(overrides)}
+    for p in MERGE_PARAMS:
+        v = _get(config, f"merge.{p}")
+        if v is not None:
+            row[p] = v
+    objective = metrics.get("objective")
+    if isinstance(objective, list | tuple):
+        for i, v in enumerate(objective):
+            row[f"objective_{i}"] = v
+        row["objective"] = objective[0] if len(objective) == 1 else None
+    else:
+        row["objective"] = objective
+    for variant, body in (metrics.get("variants") or {}).items():
+        for name, value in ((body or {}).get("metrics") or {}).items():
+            row[f"{variant}/{name}"] = value
+    return row
+
+
+def collect_metrics(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every job's metrics.json under ``sweep_dir`` as a flat row, ordered by job (numeric names first)."""
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for path in sweep_dir.rglob(METRICS_FILE):
+        job_dir = path.parent
+        metrics = json.loads(path.read_text())
+        rel = job_dir.relative_to(sweep_dir).as_posix() or "."
+        rows.append(flatten_job(metrics, rel, _read_overrides(job_dir)))
+
+    def order(row: Mapping[str, Any]) -> tuple:
+        parts = row["job"].split("/")
+        return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
+
+    return sorted(rows, key=order)
+
+
+def columns_of(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    seen: set[str] = set()
+    for r in rows:
+        seen.update(r)
+    lead = [c for c in LEAD_COLUMNS if c in seen]
+    params = [c for c in MERGE_PARAMS if c in seen]
+    objectives = sorted(c for c in seen if c.startswith("objective_"))
+    rest = sorted(seen - set(lead) - set(params) - set(objectives))
+    return lead[:-1] + params + objectives + rest + lead[-1:]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def best_per_method(rows: Sequence[Mapping[str, Any]], metric: str = "objective",
+                    maximize: bool = True) -> dict[str, dict[str, Any]]:
+    """The row with the best ``metric`` for each merge method (rows without a finite value are ignored)."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        v = r.get(metric)
+        if not _is_number(v):
+            continue
+        method = str(r.get("method"))
+        cur = best.get(method)
+        if cur is None or (v > cur[metric] if maximize else v < cur[metric]):
+            best[method] = dict(r)
+    return dict(sorted(best.items()))
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v).replace("|", "\\|")
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _atomic_figure(fig: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def plot_weight_sweep(rows: Sequence[Mapping[str, Any]], metric: str, path: Path) -> Path | None:
+    """``metric`` of the merged model vs ``merge.weight``, one line per method; dashed lines mark the
+    specialists and the mixture (their mean over jobs) as in the paper's weight-sweep figure."""
+    pts = [(str(r["method"]), float(r["weight"]), float(r[metric])) for r in rows
+           if _is_number(r.get("weight")) and _is_number(r.get(metric))]
+    if not pts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in sorted({m for m, _, _ in pts}):
+        xy = sorted((w, v) for m, w, v in pts if m == method)
+        ax.plot([w for w, _ in xy], [v for _, v in xy], marker="o", label=f"merged: {method}")
+    suffix = metric.split("/", 1)[1] if metric.startswith("merged/") else None
+    if suffix:
+        for ref, color in zip(REFERENCE_VARIANTS, ("0.5", "C6", "C8", "C9"), strict=True):
+            vals = [float(r[f"{ref}/{suffix}"]) for r in rows if _is_number(r.get(f"{ref}/{suffix}"))]
+            if vals:
+                ax.axhline(sum(vals) / len(vals), linestyle="--", linewidth=1, color=color, label=ref)
+    ax.set_xlabel("merge.weight (share of the codegen specialist)")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    _atomic_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
+def write_pareto(solutions: Sequence[Mapping[str, Any]], directions: Sequence[str], out_dir: Path,
+                 names: Sequence[str] = ("objective_0", "objective_1"),
+                 others: Sequence[Sequence[float]] = ()) -> dict[str, Path]:
+    """``pareto_front.csv`` (params and values of each Pareto-optimal trial) and, for two objectives,
+    ``pareto_front.png`` (the front over all other points)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    param_names = sorted({k for s in solutions for k in s.get("params", {})})
+    n_obj = len(directions)
+    value_names = list(names[:n_obj]) + [f"objective_{i}" for i in range(len(names), n_obj)]
+    header = ["trial", *value_names, *param_names]
+    lines = [header] + [[s.get("trial", ""), *s["values"], *(s.get("params", {}).get(p, "") for p in param_names)]
+                        for s in solutions]
+    csv_path = out_dir / "pareto_front.csv"
+    _atomic_text(csv_path, _csv_text(lines))
+    out = {"pareto_csv": csv_path}
+    if n_obj == 2 and solutions:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 4))
+        if others:
+            ax.scatter([o[0] for o in others], [o[1] for o in others], s=12, color="0.7", label="all")
+        front = sorted((s["values"][0], s["values"][1]) for s in solutions)
+        ax.plot([x for x, _ in front], [y for _, y in front], marker="o", color="C3", label="Pareto front")
+        ax.set_xlabel(f"{value_names[0]} ({directions[0]})")
+        ax.set_ylabel(f"{value_names[1]} ({directions[1]})")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        png = out_dir / "pareto_front.png"
+        _atomic_figure(fig, png)
+        plt.close(fig)
+        out["pareto_plot"] = png
+    return out
+
+
+def _csv_text(lines: Sequence[Sequence[Any]]) -> str:
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(lines)
+    return buf.getvalue()
+
+
+def pareto_rows(rows: Sequence[Mapping[str, Any]], directions: Sequence[str] = ("maximize", "maximize")
+                ) -> list[dict[str, Any]]:
+    """Rows on the Pareto front of (objective_0, objective_1)."""
+    from mixmerge.sweep.study import pareto_ranks
+
+    pts = [r for r in rows if _is_number(r.get("objective_0")) and _is_number(r.get("objective_1"))]
+    ranks = pareto_ranks([(r["objective_0"], r["objective_1"]) for r in pts], directions)
+    return [dict(r) for r, k in zip(pts, ranks, strict=True) if k == 0]
+
+
+def write_report(rows: Sequence[Mapping[str, Any]], out_dir: Path, metric: str = "objective",
+                 maximize: bool = True, directions: Sequence[str] = ("maximize", "maximize")) -> dict[str, Path]:
+    """report.csv, report.md (all jobs + best per method) and the plots; returns their paths by name."""
+    if not rows:
+        raise ValueError("write_report: no rows; is there a metrics.json under the sweep directory?")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cols = columns_of(rows)
+    out: dict[str, Path] = {}
+    out["csv"] = out_dir / "report.csv"
+    _atomic_text(out["csv"], _csv_text([cols] + [[r.get(c, "") for c in cols] for r in rows]))
+
+    best = best_per_method(rows, metric, maximize)
+    md = [f"# Sweep report ({len(rows)} jobs)\n", "## Best configuration per method "
+          f"({'max' if maximize else 'min'} {metric})\n"]
+    best_cols = [c for c in ("method", "job", "weight", *MERGE_PARAMS, metric, "overrides")
+                 if any(c in b for b in best.values())]
+    md.append(markdown_table(list(best.values()), best_cols) if best else "_no finite values_\n")
+    md += ["\n## All jobs\n", markdown_table(rows, cols)]
+
+    metric_cols = [c for c in cols if c.startswith("merged/")] or [metric]
+    for m in metric_cols:
+        png = plot_weight_sweep(rows, m, out_dir / f"weight_sweep_{m.replace('/', '_')}.png")
+        if png is not None:
+            out[f"weight_sweep:{m}"] = png
+            md.append(f"\n![{m} vs merge.weight]({png.name})\n")
+    front = pareto_rows(rows, directions)
+    if front:
+        sols = [{"trial": r["job"], "values": [r["objective_0"], r["objective_1"]],
+                 "params": {k: r[k] for k in ("method", "weight", *MERGE_PARAMS) if k in r}} for r in front]
+        others = [(r["objective_0"], r["objective_1"]) for r in rows
+                  if _is_number(r.get("objective_0")) and _is_number(r.get("objective_1"))]
+        out.update(write_pareto(sols, directions, out_dir, others=others))
+        md.append(f"\n## Pareto front ({len(front)} jobs)\n\n![Pareto front](pareto_front.png)\n")
+    out["markdown"] = out_dir / "report.md"
+    _atomic_text(out["markdown"], "".join(md))
+    return out
+
+
+def format_best(best: Mapping[str, Mapping[str, Any]], metric: str = "objective") -> str:
+    """Text for the end of a sweep: one line per method with its best value and overrides."""
+    return "\n".join(f"best {method}: {metric}={_fmt(r.get(metric))} job={r.get('job')} {r.get('overrides', '')}"
+                     for method, r in best.items())
+
+
+def default_metric(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The scalar to rank by: the objective, or for multi-objective runs the merged model's aggregate."""
+    for metric in ("objective", "merged/aggregate", "objective_0"):
+        if any(_is_number(r.get(metric)) for r in rows):
+            return metric
+    return "objective"
+
+
+def report_sweep(sweep_dir: Path, out_dir: Path | None = None, metric: str | None = None,
+                 maximize: bool = True, directions: Sequence[str] = ("maximize", "maximize")) -> dict[str, Path]:
+    """Collect, write the report under ``<sweep_dir>/report`` (or ``out_dir``) and print the best per method
+    (by ``metric``; None: ``default_metric``); what ``run.py strategy=report`` and the sweeper's end call."""
+    rows = collect_metrics(Path(sweep_dir))
+    metric = metric or default_metric(rows)
+    paths = write_report(rows, Path(out_dir) if out_dir else Path(sweep_dir) / "report", metric, maximize,
+                         directions)
+    print(format_best(best_per_method(rows, metric, maximize), metric))
+    return paths

@@ -1,0 +1,66 @@
+"""The whole loop on the tiny model from the command line: metrics.json's shape and cache reuse."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+FAST = ["model=tiny", "logger=none", "trainer.max_steps=2", "task.max_train_examples=16", "task.max_eval_examples=8",
+        "eval.humaneval.limit=2", "eval.humaneval.max_new_tokens=16", "eval.codesum.limit=2",
+        "eval.codesum.max_new_tokens=8", "eval.loss.limit=4"]
+
+
+def _run(tmp_path, name: str, *overrides: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "run.py", *FAST, f"cache.root={tmp_path / 'cache'}",
+                           f"hydra.run.dir={tmp_path / name}", *overrides], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("tiny_run")
+    return tmp_path, _run(tmp_path, "run1")
+
+
+def test_metrics_json_has_every_variant_and_metric(first_run):
+    tmp_path, proc = first_run
+    metrics = json.loads((tmp_path / "run1" / "metrics.json").read_text())
+    assert set(metrics["variants"]) == {"base", "specialist/codegen", "specialist/codesum", "mixture", "merged"}
+    for name, variant in metrics["variants"].items():
+        m = variant["metrics"]
+        for key in ("codegen/humaneval_pass@1", "codegen/loss", "codesum/bleu4", "codesum/loss", "aggregate"):
+            assert isinstance(m[key], float), (name, key)
+        assert 0.0 <= m["codegen/humaneval_pass@1"] <= 1.0 and 0.0 <= m["codesum/bleu4"] <= 100.0
+        assert 5.0 < m["codegen/loss"] < 12.0  # a barely trained random model: near ln(49152) = 10.8
+        assert (REPO / variant["artifact"]).exists() or variant["artifact"].startswith("/")
+    assert metrics["objective"] == metrics["variants"]["merged"]["metrics"]["aggregate"]
+    assert "| specialist/codegen" in proc.stdout and "Seeded subsets" in proc.stdout
+    assert (tmp_path / "run1" / "analysis" / "pearson_by_layer.png").is_file()
+    assert "Recommendation:" in proc.stdout
+
+
+def test_second_run_reuses_every_artifact(first_run):
+    tmp_path, _ = first_run
+    proc = _run(tmp_path, "run2")
+    log = (tmp_path / "run2" / "run.log").read_text()
+    assert "cache miss" not in log, log
+    for label in ("specialist/codegen", "specialist/codesum", "mixture", "merged (ties)", "evaluation of merged"):
+        assert f"cache hit: {label}" in log, label
+    first = json.loads((tmp_path / "run1" / "metrics.json").read_text())["variants"]
+    second = json.loads((tmp_path / "run2" / "metrics.json").read_text())["variants"]
+    assert first == second
+
+
+def test_changing_the_merge_reuses_the_specialists(first_run):
+    tmp_path, _ = first_run
+    _run(tmp_path, "run3", "merge=linear", "merge.weight=0.7")
+    log = (tmp_path / "run3" / "run.log").read_text()
+    assert "cache hit: specialist/codegen" in log and "cache hit: mixture" in log
+    assert "cache miss: building merged (linear)" in log
