@@ -5,6 +5,8 @@
     python run.py -m merge=ties,dare,della merge.weight=0.3,0.5,0.7
 """
 
+from pathlib import Path
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -12,9 +14,14 @@ from omegaconf import DictConfig
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig):
+    from hydra.types import RunMode
+
     from mixmerge.job import run_job  # imported here so that --help and --cfg stay fast
 
-    return run_job(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    # Every job of a multirun joins one W&B group named after its sweep directory.
+    group = "/".join(Path(hydra_cfg.sweep.dir).parts[-2:]) if hydra_cfg.mode == RunMode.MULTIRUN else None
+    return run_job(cfg, run_dir=hydra_cfg.runtime.output_dir, group=group)
 
 
 if __name__ == "__main__":

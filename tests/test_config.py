@@ -38,6 +38,8 @@ def test_every_option_composes_and_validates(group, option):
     overrides = [f"{group}={option}"]
     if group == "strategy" and option == "score":
         overrides.append("eval.samples=/dev/null")
+    if group == "strategy" and option == "report":
+        overrides.append("strategy.sweep_dir=/tmp")
     if group == "strategy" and option == "merge":
         overrides += ["merge.base=/b", "merge.models=[/x,/y]", "merge.output=/o"]
     cfg = _compose(overrides)

@@ -70,6 +70,10 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         _require(bool(ev.get("samples") or (ev.get("bleu") or {}).get("reference")),
                  "strategy=score needs eval.samples=FILE.jsonl or eval.bleu.reference=REF eval.bleu.predictions=PRED")
         return
+    if strategy["name"] == "report":
+        _require(strategy.get("sweep_dir") not in (None, "???"),
+                 "strategy=report needs strategy.sweep_dir=DIR (the multirun's sweep directory)")
+        return
     if strategy["name"] in ("analyze", "rounds"):
         validate_model(cfg["model"])
         return

@@ -16,7 +16,7 @@ from mixmerge.tracking import open_tracker
 log = logging.getLogger(__name__)
 
 
-def run_job(cfg: DictConfig | dict, *, run_dir: str | Path) -> Any:
+def run_job(cfg: DictConfig | dict, *, run_dir: str | Path, group: str | None = None) -> Any:
     """Validate everything before any work, then run ``strategy.name`` and return its objective."""
     config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     validate_config(config)
@@ -24,5 +24,5 @@ def run_job(cfg: DictConfig | dict, *, run_dir: str | Path) -> Any:
     run_dir.mkdir(parents=True, exist_ok=True)
     strategy = get_strategy(config["strategy"]["name"])
     store = ArtifactStore(config["cache"]["root"])
-    with open_tracker(config, run_dir) as tracker:
+    with open_tracker(config, run_dir, group=group) as tracker:
         return strategy(config, store=store, run_dir=run_dir, tracker=tracker)

@@ -13,6 +13,7 @@ STRATEGIES: dict[str, str] = {
     "score": "mixmerge.strategy.score:run",
     "analyze": "mixmerge.strategy.analyze:run",
     "rounds": "mixmerge.strategy.rounds:run",
+    "report": "mixmerge.strategy.report:run",
 }
 
 
