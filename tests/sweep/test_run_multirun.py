@@ -50,3 +50,30 @@ def test_grid_multirun_trains_once_and_logs_one_wandb_run_per_job(tmp_path):
     table = (tmp_path / "report" / "report" / "report.md").read_text()
     assert table.count("| ties |") + table.count("| dare |") >= 2
     assert list((tmp_path / "report" / "report").glob("weight_sweep_*.png"))
+
+
+def test_optuna_study_on_run_py_persists_and_resumes(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    common = [sys.executable, "run.py", "-m", "hparams_search=merge_optuna", "merge=ties", *FAST, "logger=none",
+              f"cache.root={tmp_path / 'cache'}", f"hydra.sweeper.storage={storage}"]
+
+    def sweep(n_trials: int, name: str) -> list:
+        proc = subprocess.run([*common, f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweep.dir={tmp_path / name}"],
+                              cwd=REPO, capture_output=True, text=True, timeout=1200)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return sorted(p.parent.name for p in (tmp_path / name).glob("*/metrics.json"))
+
+    first = sweep(2, "sweep1")
+    assert len(first) == 2
+    second = sweep(3, "sweep2")  # a new sweep directory, the same study: only the missing trial runs
+    assert len(second) == 1 and second[0] not in first
+    assert sweep(3, "sweep3") == []  # a finished study runs nothing
+
+    import optuna
+
+    study = optuna.load_study(study_name="tiny-merge-ties", storage=storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3
+    for t in done:
+        assert 0.0 <= t.params["merge.weight"] <= 1.0 and 0.0 < t.params["merge.density"] <= 1.0
+        assert t.value < 0  # eval=quick: minus the mean held-out loss
