@@ -76,3 +76,16 @@ def test_bleu_averages_sentences_and_takes_best_reference_counts():
     # Multiple references: clipped counts use the max over references, length the shortest one.
     multi = sentence_bleu(["log a message", "print an error log message ."], "log a message .")
     assert multi > sentence_bleu(["print an error log message ."], "log a message .")
+
+
+def test_bleu_reproduces_the_codexglue_evaluator_readme_example():
+    """CodeXGLUE Code-Text/code-to-text/evaluator: `evaluator.py reference.txt < predictions.txt` prints
+    `Total: 5` and `9.554726113590661` for its 5-line example (the files are in tests/fixtures/eval)."""
+    from pathlib import Path
+
+    from mixmerge.eval.score import bleu_from_files
+
+    folder = Path(__file__).resolve().parents[1] / "fixtures" / "eval" / "codexglue_example"
+    bleu, total = bleu_from_files(folder / "reference.txt", folder / "predictions.txt")
+    assert total == 5
+    assert bleu == pytest.approx(9.554726113590661, abs=1e-12)
