@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
-from mixmerge.data.example import Example, render_prompt, render_target
+from mixmerge.data.example import Example
+from mixmerge.data.tokenize import tokenize_example
 from mixmerge.eval.generate import generate
-from mixmerge.eval.loss import heldout_loss, tokenize_pair
+from mixmerge.eval.loss import heldout_loss
 
 PROMPTS = ["def add(a, b):\n", "# A much longer prompt that needs padding on the left side\ndef f(x):\n", "x ="]
 
@@ -47,17 +48,16 @@ def test_stop_strings_end_generation(tiny_model):
 
 
 def _manual_loss(model, tok, examples):
+    """Reference: transformers' own loss on the full logits, example by example (training's tokenisation)."""
     total, count = 0.0, 0
     for ex in examples:
-        p_ids = tok(render_prompt(ex), add_special_tokens=False)["input_ids"]
-        t_ids = tok(render_target(ex), add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([p_ids + t_ids])
-        labels = ids.clone()
-        labels[0, :len(p_ids)] = -100
+        row = tokenize_example(ex, tok, "completion", 1024)
+        ids, labels = torch.tensor([row["input_ids"]]), torch.tensor([row["labels"]])
+        n_targets = int((labels[0, 1:] != -100).sum())
         with torch.no_grad():
             out = model(input_ids=ids, labels=labels)  # HF mean over the unmasked (shifted) targets
-        total += float(out.loss) * len(t_ids)
-        count += len(t_ids)
+        total += float(out.loss) * n_targets
+        count += n_targets
     return total / count
 
 
@@ -73,10 +73,3 @@ def test_heldout_loss_is_token_mean_nll_of_targets_only(tiny_model):
     assert loss == pytest.approx(_manual_loss(model, tok, examples), rel=1e-4)
     # a random model over a 49k vocabulary is close to uniform: ln(49152) ~ 10.8
     assert 9.0 < loss < 12.5 and math.isfinite(loss)
-
-
-def test_tokenize_pair_drops_oldest_prompt_tokens_first(tiny_model):
-    _, tok = tiny_model
-    ids, n_prompt = tokenize_pair(tok, "one two three four five six", " seven", max_tokens=4)
-    full, full_prompt = tokenize_pair(tok, "one two three four five six", " seven", max_tokens=100)
-    assert ids == full[-4:] and n_prompt == full_prompt - (len(full) - 4)
