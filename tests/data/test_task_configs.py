@@ -9,7 +9,7 @@ from mixmerge.data import load_tasks
 from mixmerge.data.rows import DatasetNotAvailableError
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "task"
-SHAPE = {"name", "tasks", "mixture", "max_train_examples", "max_eval_examples", "max_length", "packing"}
+SHAPE = {"name", "tasks", "mixture", "max_train_examples", "max_eval_examples", "packing"}  # max_length: finetune.max_length
 
 
 def _load(name: str) -> dict:

@@ -65,11 +65,11 @@ def run(cfg: Mapping[str, Any], *, store, run_dir: Path, tracker) -> None:
     else:
         from mixmerge.models import resolve_base_model
         from mixmerge.pipeline import ensure_specialist
-        from mixmerge.strategy.rounds import _load_tasks
+        from mixmerge.strategy.rounds import load_all_tasks
 
         train_cfg = probe_config(cfg) if probe.get("enabled") else cfg
         base = resolve_base_model(cfg["model"], store)
-        tasks = _load_tasks(cfg["task"], store, cfg["seed"])
+        tasks = load_all_tasks(cfg["task"], store, cfg["seed"])
         if len(tasks) < 2:
             raise ValueError(f"strategy=analyze correlates task vectors and needs two tasks; task.tasks has "
                              f"{sorted(tasks)} (use task=mixture or task=three)")

@@ -87,7 +87,7 @@ def plan_rounds(strategy_cfg: Mapping[str, Any], task_names: Sequence[str], glob
     return plan
 
 
-def _load_tasks(task_cfg: Mapping[str, Any], store, seed: int) -> dict:
+def load_all_tasks(task_cfg: Mapping[str, Any], store, seed: int) -> dict:
     """``load_tasks``, with ``source: repair`` handled here until data/tasks.py dispatches it."""
     from mixmerge.data.tasks import SPLITS, TaskSplits, cap, check_disjoint, load_task_splits, splits_key
 
@@ -146,7 +146,7 @@ def run(cfg: Mapping[str, Any], *, store, run_dir: Path, tracker) -> float | Non
 
     strategy = cfg["strategy"]
     mode = strategy.get("base_mode", "previous")
-    tasks = _load_tasks(cfg["task"], store, cfg["seed"])
+    tasks = load_all_tasks(cfg["task"], store, cfg["seed"])
     plan = plan_rounds(strategy, list(tasks), cfg["merge"])
     original = resolve_base_model(cfg["model"], store)
     current: Variant | None = None
@@ -163,8 +163,7 @@ def run(cfg: Mapping[str, Any], *, store, run_dir: Path, tracker) -> float | Non
             model = models[0]
         else:
             merge_base = train_from if mode == "previous" else original
-            merged = ensure_merged({**cfg, "merge": rnd["merge"]}, store, merge_base, models)
-            model = merged
+            model = ensure_merged({**cfg, "merge": rnd["merge"]}, store, merge_base, models)
         current = Variant(name, model.path, model.key)
         seen += rnd["add"]
         heldout = {t: tasks[t] for t in seen}
@@ -178,9 +177,9 @@ def run(cfg: Mapping[str, Any], *, store, run_dir: Path, tracker) -> float | Non
                      "metrics": metrics})
         tracker.log_metrics({f"{name}/{m}": v for m, v in metrics.items()})
     write_rounds_report(rows, run_dir)
-    last = rows[-1]["metrics"]
-    objective = last.get(cfg["objective"].get("metric", "aggregate")) if isinstance(cfg["objective"].get("metric"),
-                                                                                  str) else None
+    # The sweeper's number: the last round's objective.metric (multi-objective lists are not supported here).
+    metric = cfg["objective"].get("metric", "aggregate")
+    objective = rows[-1]["metrics"].get(metric) if isinstance(metric, str) else None
     tracker.log_summary({"objective": objective})
     return objective
 

@@ -1,0 +1,109 @@
+"""The study's final table from a merge sweep: base, specialists, mixture, each merge method at its best ratio.
+
+Input: the rows of ``mixmerge.sweep.report.collect_metrics`` (one per job; ``<variant>/<task>/<metric>``
+columns, ``method`` and ``weight`` of the merge). Columns: HumanEval and MBPP pass@1 (%), CodeXGLUE
+smoothed BLEU-4, their average, and the mean relative degradation vs the specialists (each column against
+the specialist of its task: codegen for HumanEval/MBPP, codesum for BLEU). Pure: rows in, markdown out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# column label -> (metric key, owning specialist task, scale onto 0-100)
+COLUMNS: dict[str, tuple[str, str, float]] = {
+    "HumanEval": ("codegen/humaneval_pass@1", "codegen", 100.0),
+    "MBPP": ("codegen/mbpp_pass@1", "codegen", 100.0),
+    "CodeXGLUE BLEU": ("codesum/bleu4", "codesum", 1.0),
+}
+METHOD_NAMES = {"linear": "Linear", "ties": "TIES", "dare": "DARE", "della": "DELLA", "task_arithmetic": "Task Arithmetic",
+                "slerp": "SLERP", "breadcrumbs": "Breadcrumbs", "model_stock": "Model Stock", "fisher": "Fisher"}
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(float(v)):
+        return None
+    return float(v)
+
+
+def variant_scores(row: Mapping[str, Any], variant: str) -> dict[str, float]:
+    """The table's columns (0-100 scale) of ``variant`` in one sweep row; missing metrics are left out."""
+    out = {}
+    for label, (metric, _, scale) in COLUMNS.items():
+        v = _number(row.get(f"{variant}/{metric}"))
+        if v is not None:
+            out[label] = v * scale
+    return out
+
+
+def average(scores: Mapping[str, float]) -> float | None:
+    values = [scores[c] for c in COLUMNS if c in scores]
+    return sum(values) / len(values) if values else None
+
+
+def degradation(scores: Mapping[str, float], specialists: Mapping[str, Mapping[str, float]]) -> float | None:
+    """Mean over columns of (specialist − model) / specialist, in percent (positive = worse than the specialist)."""
+    drops = []
+    for label, (_, task, _) in COLUMNS.items():
+        ref = specialists.get(task, {}).get(label)
+        if label in scores and ref:
+            drops.append(100.0 * (ref - scores[label]) / ref)
+    return sum(drops) / len(drops) if drops else None
+
+
+def _first(rows: Sequence[Mapping[str, Any]], variant: str) -> dict[str, float]:
+    """A reference variant's scores from the first row that has any (they are cached, so equal in every job)."""
+    for r in rows:
+        scores = variant_scores(r, variant)
+        if scores:
+            return scores
+    return {}
+
+
+def paper_rows(rows: Sequence[Mapping[str, Any]], *, merged_variant: str = "merged",
+               tasks: Sequence[str] = ("codegen", "codesum")) -> list[dict[str, Any]]:
+    """``[{name, scores, average, degradation, weight}]`` in the paper's order; merges at their best average."""
+    specialists = {t: _first(rows, f"specialist/{t}") for t in tasks}
+    table = []
+
+    def add(name, scores, weight=None):
+        if scores:
+            table.append({"name": name, "scores": scores, "average": average(scores),
+                          "degradation": degradation(scores, specialists), "weight": weight})
+
+    add("Base", _first(rows, "base"))
+    for t in tasks:
+        add(f"Specialist ({t})", specialists[t])
+    add("Data mixture", _first(rows, "mixture"))
+    best: dict[str, tuple[float, dict, Any]] = {}
+    for r in rows:
+        method = r.get("method")
+        scores = variant_scores(r, merged_variant)
+        avg = average(scores)
+        if method is None or avg is None:
+            continue
+        if method not in best or avg > best[method][0]:
+            best[method] = (avg, scores, r.get("weight"))
+    for method in sorted(best, key=lambda m: list(METHOD_NAMES).index(m) if m in METHOD_NAMES else 99):
+        _, scores, weight = best[method]
+        add(METHOD_NAMES.get(method, str(method)), scores, weight)
+    return table
+
+
+def paper_table(rows: Sequence[Mapping[str, Any]], *, merged_variant: str = "merged") -> str:
+    """The final table as markdown (rows: base, specialists, mixture, each merge method at its best ratio)."""
+
+    def fmt(v, digits=1):
+        return "—" if v is None else f"{v:.{digits}f}"
+
+    header = ["Model", *COLUMNS, "Average", "Degradation vs specialists (%)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in paper_rows(rows, merged_variant=merged_variant):
+        name = entry["name"]
+        if entry["weight"] is not None:
+            name += f" (w={entry['weight']:g})"
+        cells = [fmt(entry["scores"].get(c)) for c in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {fmt(entry['average'])} | {fmt(entry['degradation'])} |")
+    return "\n".join(lines)
