@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 def run_job(cfg: DictConfig | dict, *, run_dir: str | Path, group: str | None = None) -> Any:
     """Validate everything before any work, then run ``strategy.name`` and return its objective."""
+    # Lightning's start-up tips (e.g. "try litlogger") are noise in a research log; warnings still show.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     validate_config(config)
     run_dir = Path(run_dir)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixmerge.cache import ArtifactStore, write_json_atomic
+from mixmerge.cache import ArtifactStore, content_key, write_json_atomic
 from mixmerge.models import BaseModel, load_model, load_tokenizer, resolve_base_model
 from mixmerge.report import format_table
 from mixmerge.tracking import Tracker
@@ -27,11 +27,16 @@ TRAINER_KEYS_THAT_MATTER = ("max_steps", "precision", "accelerator")
 
 @dataclass(frozen=True)
 class Variant:
-    """One evaluated model: ``base``, ``specialist/<task>``, ``mixture`` or ``merged``."""
+    """One evaluated model: ``base``, ``specialist/<task>``, ``mixture`` or ``merged``.
+
+    ``load`` builds the live model when there is no folder to load (an in-memory merge).
+    """
 
     name: str
-    path: Path
+    path: Path | None
     key: str
+    load: Callable[[], Any] | None = field(default=None, compare=False)
+    tokenizer: Path | None = None  # defaults to ``path``
 
 
 def training_config(cfg: Mapping[str, Any]) -> dict:
@@ -100,6 +105,34 @@ def ensure_merged(cfg, store, base: BaseModel, specialists: Sequence[Variant]) -
     return Variant("merged", art.path, art.key)
 
 
+# Resident mergers, one per (base, specialists): Hydra runs the jobs of a multirun in one process (and joblib
+# reuses its workers), so every trial after the first costs only the merge arithmetic.
+_RESIDENT_MERGERS: dict[tuple[str, ...], Any] = {}
+
+
+def merged_in_memory(cfg, store, base: BaseModel, specialists: Sequence[Variant]) -> Variant:
+    """The merge as a live model built on demand (no folder), keyed like the on-disk merge so evaluations are
+    shared; ``store`` is unused but keeps the signature of ``ensure_merged``."""
+    from mixmerge.merge import InMemoryMerger, validate_merge_config
+
+    merge_cfg = cfg["merge"]
+    validate_merge_config(merge_cfg, n_models=len(specialists))
+    inputs = {"base": base.key, **{v.name: v.key for v in specialists}}
+    key = content_key("merged", merge_config_for_key(merge_cfg), inputs)
+    resident = (str(base.path), *(str(v.path) for v in specialists))
+
+    def load():
+        if resident not in _RESIDENT_MERGERS:
+            _RESIDENT_MERGERS.clear()  # keep one set of task vectors in memory
+            _RESIDENT_MERGERS[resident] = InMemoryMerger(base.path, [v.path for v in specialists])
+        model = load_model(base.path, dtype=cfg["model"]["dtype"])
+        report = _RESIDENT_MERGERS[resident].merge_into(model, merge_cfg)
+        log.info("merged %s in memory in %.2f s", merge_cfg["method"], report["time_s"])
+        return model
+
+    return Variant("merged", None, key, load=load, tokenizer=base.path)
+
+
 def ensure_evaluation(cfg, store, variant: Variant, heldout: Mapping[str, Sequence]) -> dict[str, float]:
     """Evaluate ``variant`` (cached by the model's key, the eval config and the held-out data)."""
     from mixmerge.eval import aggregate, evaluate_model
@@ -109,16 +142,16 @@ def ensure_evaluation(cfg, store, variant: Variant, heldout: Mapping[str, Sequen
     key_config = {"eval": eval_cfg, "prompt_style": cfg["model"]["prompt_style"], "data": data_keys}
 
     def build(work: Path) -> dict:
-        model = load_model(variant.path, dtype=cfg["model"]["dtype"])
+        model = variant.load() if variant.load else load_model(variant.path, dtype=cfg["model"]["dtype"])
         model.eval()
-        tokenizer = load_tokenizer(variant.path)
+        tokenizer = load_tokenizer(variant.tokenizer or variant.path)
         metrics = evaluate_model(model, tokenizer, eval_cfg=eval_cfg,
                                  heldout={t: h.test for t, h in heldout.items()},
                                  prompt_style=cfg["model"]["prompt_style"], out_dir=work)
         if metrics:
             metrics["aggregate"] = aggregate(metrics, eval_cfg)
         write_json_atomic(work / "metrics.json", metrics)
-        return {"model_path": str(variant.path)}
+        return {"model_path": str(variant.path) if variant.path else "in-memory merge"}
 
     art = store.get_or_build("eval", key_config, build, inputs={"model": variant.key},
                              label=f"evaluation of {variant.name}")
@@ -177,7 +210,8 @@ def analyse_variants(cfg, run_dir: Path, base: BaseModel, variants: Sequence[Var
     from mixmerge.analysis.stage import run_analysis
 
     wanted = set(cfg["analysis"].get("models") or [])
-    models = {v.name: v.path for v in variants if v.name != "base" and (not wanted or v.name in wanted)}
+    models = {v.name: v.path for v in variants
+              if v.name != "base" and v.path is not None and (not wanted or v.name in wanted)}
     if not models:
         return None
     outputs = run_analysis(base.path, models, cfg["analysis"], run_dir / "analysis", variant_metrics=results,
@@ -206,11 +240,12 @@ def run_compare(cfg: Mapping[str, Any], *, store: ArtifactStore, run_dir: Path, 
     if "mixture" in want:
         variants.append(ensure_mixture(cfg, store, tracker, base, tasks))
     if "merged" in want:
-        variants.append(ensure_merged(cfg, store, base, specialists))
+        in_memory = cfg["strategy"].get("merge_in_memory", False)
+        variants.append((merged_in_memory if in_memory else ensure_merged)(cfg, store, base, specialists))
     results = {}
     for v in variants:
         metrics = ensure_evaluation(cfg, store, v, tasks) if cfg["eval"].get("enabled", True) else {}
-        results[v.name] = {"metrics": metrics, "artifact": str(v.path)}
+        results[v.name] = {"metrics": metrics, "artifact": str(v.path) if v.path else f"in-memory:{v.key}"}
         tracker.log_metrics({f"{v.name}/{k}": val for k, val in metrics.items()})
     objective = write_results(cfg, run_dir, results, eval_caption(cfg["eval"]))
     if cfg["analysis"].get("enabled", True):
