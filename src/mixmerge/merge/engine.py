@@ -1,0 +1,194 @@
+"""Streaming merge of HF folders: one tensor at a time from disk to disk.
+
+Peak memory is the base tensor, one tensor per specialist and the result (all float32), whatever the
+model size: inputs are memory-mapped, and outputs go straight into pre-headed shards (``io.py``). The
+folder appears at ``out`` only when complete (temp folder + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixmerge.cache import write_json_atomic
+from mixmerge.merge import validate as V
+from mixmerge.merge.combine import merge_tensor
+from mixmerge.merge.io import (
+    SafetensorsFolder,
+    StreamingShardWriter,
+    copy_side_files,
+    dtype_from_name,
+    is_adapter_folder,
+    open_source,
+    publish_atomic,
+    temp_sibling,
+)
+from mixmerge.merge.params import resolve_params
+
+log = logging.getLogger(__name__)
+
+REPORT = "merge_report.json"
+DEFAULT_SHARD_SIZE_MB = 2000
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _output_dtype(requested: str | None, base_cfg: Mapping[str, Any] | None) -> torch.dtype:
+    if requested is not None:
+        return dtype_from_name(requested)
+    name = (base_cfg or {}).get("dtype") or (base_cfg or {}).get("torch_dtype") or "float32"
+    return dtype_from_name(name) if name in ("float32", "bfloat16", "float16") else torch.float32
+
+
+def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Sequence[Path], out: Path) -> dict:
+    """Merge the specialists ``models`` (HF folders or peft LoRA adapters) of ``base`` into ``out``.
+
+    Writes sharded safetensors in ``merge.dtype`` (default: the base's), the base's config and
+    tokenizer, and ``merge_report.json``; returns the report.
+    """
+    t0 = time.perf_counter()
+    models = [Path(m) for m in models]
+    params = resolve_params(merge_cfg, len(models))
+    method = params.method
+    if base is None and (method.needs_base or any(is_adapter_folder(m) for m in models)):
+        raise ValueError(f"merge.method={method.name} needs merge.base (the model the specialists share)")
+    for p in [*([base] if base is not None else []), *models]:
+        if not Path(p).is_dir():
+            raise FileNotFoundError(f"merge input {p} is not a folder")
+    full_models = [m for m in models if not is_adapter_folder(m)]
+    ref_path = Path(base) if base is not None else full_models[0]
+    V.check_architectures(ref_path, models, params.vocab_policy)
+    V.check_tokenizers(ref_path, models, params.vocab_policy)
+
+    base_src = SafetensorsFolder(ref_path)
+    sources = [open_source(m, base_src) for m in models]
+    labels = [f"model {i} ({m})" for i, m in enumerate(models)]
+    fishers = _open_fishers(merge_cfg, params.method.kind, len(models), base_src)
+    shapes = V.check_tensors(base_src, sources, labels, params.vocab_policy)
+    max_dist = merge_cfg.get("max_base_distance", 0.5)
+    if base is not None and max_dist is not None:
+        V.check_same_base(base_src, sources, labels, float(max_dist))
+
+    ref_cfg = V.read_config(ref_path) or {}
+    out_dtype = _output_dtype(params.dtype, ref_cfg)
+    n_layers = int(ref_cfg.get("num_hidden_layers", 1) or 1)
+    names = base_src.names()
+    entries = []
+    for name in names:
+        is_float = base_src.dtype_str(name) in ("F32", "F16", "BF16", "F64")
+        entries.append((name, shapes[name], out_dtype if is_float else base_src.get(name).dtype))
+    shard_mb = merge_cfg.get("shard_size_mb") or DEFAULT_SHARD_SIZE_MB
+    out = Path(out)
+    tmp = temp_sibling(out)
+    per_tensor: dict[str, dict[str, float]] = {}
+    check_finite = merge_cfg.get("check_finite", True) is not False
+    # Without sparsification a NaN/Inf in any input reaches the output (0 * NaN is NaN), so checking the
+    # output is enough; a sparsifier could drop it silently, so there every input is checked.
+    inputs_can_vanish = method.sparsify is not None
+    try:
+        writer = StreamingShardWriter(tmp, entries, int(float(shard_mb) * 1e6))
+        for name, shape, dtype in entries:
+            rows = shape[0] if shape else None
+            base_t = base_src.get(name)
+            tensors = [src.get(name) for src in sources]
+            if check_finite and inputs_can_vanish:
+                _check_inputs_finite(name, base_t, tensors, labels)
+            if rows is not None and base_t.shape != shape:
+                base_t = base_t[:rows]
+            tensors = [t[:rows] if t.shape != shape else t for t in tensors]
+            if not base_t.is_floating_point():
+                writer.write(name, base_t)
+                continue
+            fisher_t = [f.get(name)[:rows] if f.shape(name) != shape else f.get(name) for f in fishers] \
+                if fishers else None
+            merged, stats = merge_tensor(name, base_t, tensors, params, fishers=fisher_t, n_layers=n_layers)
+            if check_finite and not bool(torch.isfinite(merged.sum())) and not bool(torch.isfinite(merged).all()):
+                _check_inputs_finite(name, base_t, tensors, labels)  # names the culprit input, if any
+                raise ValueError(f"the merge of tensor {name!r} produced NaN/Inf; check merge.weights and "
+                                 f"merge.lambda")
+            writer.write(name, merged.to(dtype))
+            if stats is not None:
+                per_tensor[name] = {"kept_fraction": round(stats.kept_fraction, 6),
+                                    "sign_conflict_rate": round(stats.sign_conflict_rate, 6)}
+            del base_t, tensors, merged
+        writer.close()
+        copy_side_files(ref_path, tmp)
+        _fix_config(tmp, out_dtype, shapes, names)
+        report = {
+            "method": method.name,
+            "reference_url": method.reference_url,
+            "parameters": params.as_report(),
+            "base": str(base) if base is not None else None,
+            "models": [str(m) for m in models],
+            "output": str(out),
+            "output_files": writer.files,
+            "n_tensors": len(names),
+            "total_bytes": writer.total_bytes,
+            "per_tensor": per_tensor,
+            "kept_fraction": _mean(v["kept_fraction"] for v in per_tensor.values()),
+            "sign_conflict_rate": _mean(v["sign_conflict_rate"] for v in per_tensor.values()),
+            "time_s": round(time.perf_counter() - t0, 3),
+            "peak_rss_bytes": peak_rss_bytes(),
+        }
+        write_json_atomic(tmp / REPORT, report)
+        publish_atomic(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        for src in [base_src, *sources, *fishers]:
+            src.close()
+    log.info("merged %d tensors with %s into %s in %.1f s", len(names), method.name, out, report["time_s"])
+    return report
+
+
+def _check_inputs_finite(name, base_t, tensors, labels) -> None:
+    V.check_finite(name, base_t, "merge.base")
+    for t, label in zip(tensors, labels, strict=True):
+        V.check_finite(name, t, label)
+
+
+def _mean(values) -> float | None:
+    vals = list(values)
+    return round(sum(vals) / len(vals), 6) if vals else None
+
+
+def _open_fishers(merge_cfg, kind: str, n_models: int, base_src) -> list[SafetensorsFolder]:
+    if kind != "fisher":
+        return []
+    paths = merge_cfg.get("fisher_paths")
+    if not paths or len(paths) != n_models:
+        raise ValueError(f"merge.method=fisher needs merge.fisher_paths with one Fisher folder per model "
+                         f"({n_models}); got {paths!r} (compute them with mixmerge.merge.fisher)")
+    folders = [SafetensorsFolder(p) for p in paths]
+    for p, f in zip(paths, folders, strict=True):
+        missing = [n for n in base_src.names() if n not in f and base_src.dtype_str(n) in ("F32", "F16", "BF16")]
+        if missing:
+            raise ValueError(f"missing tensor: Fisher folder {p} has no {missing[0]!r}")
+    return folders
+
+
+def _fix_config(out_dir: Path, dtype: torch.dtype, shapes: Mapping[str, tuple[int, ...]], names) -> None:
+    cfg_path = out_dir / "config.json"
+    if not cfg_path.is_file():
+        return
+    cfg = json.loads(cfg_path.read_text())
+    dtype_name = str(dtype).removeprefix("torch.")
+    keys = [k for k in ("dtype", "torch_dtype") if k in cfg] or ["dtype"]
+    for k in keys:
+        cfg[k] = dtype_name
+    embed = next((n for n in names if "embed_tokens" in n), None)
+    if embed is not None and "vocab_size" in cfg:
+        cfg["vocab_size"] = shapes[embed][0]
+    write_json_atomic(cfg_path, cfg)

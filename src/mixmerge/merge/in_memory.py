@@ -1,0 +1,167 @@
+"""In-memory merging for sweeps: base and task vectors stay resident (on the GPU when given one), and
+each trial writes its merged weights straight into a live model; no disk round trip."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixmerge.merge import kernels as K
+from mixmerge.merge import validate as V
+from mixmerge.merge.combine import combine_sparse, sparsify_stack, sparsity_key
+from mixmerge.merge.io import SafetensorsFolder, open_source
+from mixmerge.merge.params import resolve_params
+
+
+class InMemoryMerger:
+    """Load once, merge many times: ``merger.merge_into(model, merge_cfg)`` per trial."""
+
+    def __init__(self, base: str | Path, models: Sequence[str | Path], device: str | torch.device = "cpu",
+                 *, cache_sparse: bool = True):
+        """``cache_sparse`` keeps the last trial's sparsified task vectors (one more copy of the deltas),
+        so trials that change only weights, lambda or normalize skip the sparsification."""
+        self.device = torch.device(device)
+        self.cache_sparse = cache_sparse
+        self._sparse_key: tuple | None = None
+        self._sparse: dict[str, torch.Tensor] = {}
+        self.base_path = Path(base)
+        self.model_paths = [Path(m) for m in models]
+        V.check_architectures(self.base_path, self.model_paths, "strict")
+        V.check_tokenizers(self.base_path, self.model_paths, "strict")
+        base_src = SafetensorsFolder(self.base_path)
+        sources = [open_source(m, base_src) for m in self.model_paths]
+        labels = [f"model {i} ({m})" for i, m in enumerate(self.model_paths)]
+        try:
+            V.check_tensors(base_src, sources, labels, "strict")
+            cfg = V.read_config(self.base_path) or {}
+            self.n_layers = int(cfg.get("num_hidden_layers", 1) or 1)
+            self.base: dict[str, torch.Tensor] = {}
+            self.deltas: dict[str, list[torch.Tensor]] = {}
+            for name in base_src.names():
+                b = base_src.get(name)
+                if not b.is_floating_point():
+                    continue
+                V.check_finite(name, b, "merge.base")
+                b32 = b.float().to(self.device)
+                self.base[name] = b32
+                row = []
+                for src, label in zip(sources, labels, strict=True):
+                    t = src.get(name)
+                    V.check_finite(name, t, label)
+                    row.append(t.float().to(self.device) - b32)
+                self.deltas[name] = row
+        finally:
+            for s in [base_src, *sources]:
+                s.close()
+        self._fisher_cache: dict[tuple[str, ...], list[dict[str, torch.Tensor]]] = {}
+
+    def _fishers(self, paths: Sequence[str]) -> list[dict[str, torch.Tensor]]:
+        key = tuple(str(p) for p in paths)
+        if key not in self._fisher_cache:
+            loaded = []
+            for p in paths:
+                folder = SafetensorsFolder(p)
+                loaded.append({n: folder.get(n).float().to(self.device) for n in self.base if n in folder})
+                folder.close()
+            self._fisher_cache[key] = loaded
+        return self._fisher_cache[key]
+
+    def merged_tensors(self, merge_cfg: Mapping[str, Any], *, with_stats: bool = False):
+        """Yield ``(name, merged float32 tensor, stats)`` for every floating tensor."""
+        params = resolve_params(merge_cfg, len(self.model_paths))
+        kind = params.method.kind
+        fishers = None
+        if kind == "fisher":
+            paths = merge_cfg.get("fisher_paths")
+            if not paths or len(paths) != len(self.model_paths):
+                raise ValueError("merge.method=fisher needs merge.fisher_paths, one Fisher folder per model")
+            fishers = self._fishers(paths)
+        cache = None
+        if kind == "gta" and self.cache_sparse:
+            key = sparsity_key(params)
+            if self._sparse_key != key:
+                self._sparse_key, self._sparse = key, {}
+            cache = self._sparse
+        for name, base in self.base.items():
+            deltas = self.deltas[name]
+            if kind == "gta":
+                stacked = cache.get(name) if cache is not None else None
+                if stacked is None:
+                    stacked = sparsify_stack(name, deltas, params)
+                    if cache is not None:
+                        cache[name] = stacked
+                stats = K.delta_stats(stacked) if with_stats else None
+                merged = combine_sparse(base, stacked, params)
+            else:
+                full = [base + d for d in deltas]
+                stats = None
+                if kind == "linear":
+                    merged = K.linear_average(full, params.weights, params.normalize)
+                elif kind == "slerp":
+                    merged = K.slerp(params.t.at(name, self.n_layers), full[0], full[1])
+                elif kind == "model_stock":
+                    merged = K.model_stock(base, full, params.filter_wise)
+                else:
+                    merged = K.fisher_weighted_average(full, [f[name] for f in fishers], params.weights,
+                                                       params.fisher_floor)
+            yield name, merged, stats
+
+    @torch.no_grad()
+    def merge_into(self, model: torch.nn.Module, merge_cfg: Mapping[str, Any]) -> dict:
+        """Overwrite ``model``'s weights with the merge of the resident specialists; return a report."""
+        t0 = time.perf_counter()
+        targets = dict(model.state_dict(keep_vars=True))
+        per_tensor = {}
+        with_stats = bool(merge_cfg.get("report_stats", False))
+        params = resolve_params(merge_cfg, len(self.model_paths))
+        coefs = _affine_coefficients(params)
+        merged_iter = (self._affine_tensors(coefs, targets) if coefs is not None
+                       else self.merged_tensors(merge_cfg, with_stats=with_stats))
+        for name, merged, stats in merged_iter:
+            if merged is None:  # already written in place
+                continue
+            if name not in targets:
+                raise ValueError(f"missing tensor: the live model has no {name!r} (is it the same architecture "
+                                 f"as merge.base {self.base_path}?)")
+            target = targets[name]
+            if tuple(target.shape) != tuple(merged.shape):
+                raise ValueError(f"shape mismatch: tensor {name!r} is {tuple(target.shape)} in the live model but "
+                                 f"{tuple(merged.shape)} in the merge")
+            target.data.copy_(merged.to(device=target.device, dtype=target.dtype))
+            if stats is not None:
+                per_tensor[name] = {"kept_fraction": stats.kept_fraction,
+                                    "sign_conflict_rate": stats.sign_conflict_rate}
+        return {"method": params.method.name, "parameters": params.as_report(), "per_tensor": per_tensor,
+                "time_s": round(time.perf_counter() - t0, 4), "n_tensors": len(self.base)}
+
+    def _affine_tensors(self, coefs: tuple[float, list[float]], targets: Mapping[str, torch.Tensor]):
+        """Linear and task arithmetic are ``c0 * base + sum_i c_i * delta_i``: computed straight into
+        float32 targets on the same device (1 + N passes, no temporaries), else into a new tensor."""
+        c0, cs = coefs
+        for name, base in self.base.items():
+            target = targets.get(name)
+            in_place = (target is not None and target.dtype == torch.float32 and target.device == base.device
+                        and target.shape == base.shape)
+            out = target.data if in_place else torch.empty_like(base)
+            out.copy_(base)
+            if c0 != 1.0:
+                out.mul_(c0)
+            for c, d in zip(cs, self.deltas[name], strict=True):
+                out.add_(d, alpha=c)
+            yield name, (None if in_place else out), None
+
+
+def _affine_coefficients(params) -> tuple[float, list[float]] | None:
+    """(c0, [c_i]) when the method is an affine map of base and task vectors, else None."""
+    method, w = params.method, params.weights
+    total = float(sum(w))
+    divisor = total if params.normalize and abs(total) >= 1e-8 else 1.0
+    if method.kind == "linear":  # sum_i w_i (base + delta_i) / divisor
+        return total / divisor, [x / divisor for x in w]
+    if method.kind == "gta" and method.sparsify is None and method.consensus is None:
+        return 1.0, [params.lam * x / divisor for x in w]
+    return None

@@ -1,0 +1,335 @@
+"""Tensor I/O for merging: lazy reads from HF folders and peft adapters, streamed sharded writes.
+
+Reading goes through ``safetensors.safe_open`` (memory-mapped), one tensor at a time. Writing knows
+every output tensor's shape and dtype up front, so each shard's header is written first and the tensor
+bytes are appended as they are computed: no shard is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+_DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    return _DTYPE_BY_NAME[name]
+
+
+def is_adapter_folder(path: Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+_TORCH_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
+
+
+class _SafetensorsFile:
+    """One safetensors file read with plain ``pread`` calls instead of a memory map: pages of tensors
+    already merged are not kept in this process's RSS, so peak memory follows the tensors in flight."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        (header_len,) = struct.unpack("<Q", os.pread(self.fd, 8, 0))
+        header = json.loads(os.pread(self.fd, header_len, 8))
+        header.pop("__metadata__", None)
+        self.data_start = 8 + header_len
+        self.entries: dict[str, dict] = header
+
+    def get(self, name: str) -> torch.Tensor:
+        entry = self.entries[name]
+        begin, end = entry["data_offsets"]
+        dtype = _TORCH_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
+        buf = bytearray(end - begin)
+        view, offset = memoryview(buf), self.data_start + begin
+        while view.nbytes:  # pread may return less than asked for
+            n = os.preadv(self.fd, [view], offset)
+            if n <= 0:
+                raise OSError(f"{self.path}: unexpected end of file reading {name!r}")
+            view, offset = view[n:], offset + n
+        if not buf:
+            return torch.empty(entry["shape"], dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(entry["shape"])
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class SafetensorsFolder:
+    """The tensors of an HF folder (single file or sharded index), read lazily one tensor at a time."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        index = self.path / WEIGHTS_INDEX
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        elif (self.path / WEIGHTS_FILE).is_file():
+            files = [WEIGHTS_FILE]
+        else:
+            found = sorted(p.name for p in self.path.glob("*.safetensors"))
+            if not found:
+                raise FileNotFoundError(f"{self.path} has no safetensors weights (model.safetensors or "
+                                        f"{WEIGHTS_INDEX}); save the model with safe_serialization=True")
+            files = found
+        self._files = [_SafetensorsFile(self.path / f) for f in files]
+        self._file_of: dict[str, _SafetensorsFile] = {}
+        for f in self._files:
+            for name in f.entries:
+                self._file_of[name] = f
+
+    def names(self) -> list[str]:
+        return list(self._file_of)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._file_of
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._file_of[name].entries[name]["shape"])
+
+    def dtype_str(self, name: str) -> str:
+        return self._file_of[name].entries[name]["dtype"]
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._file_of[name].get(name)
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+        self._files = []
+
+
+class LoraAdapterSource:
+    """A peft LoRA adapter seen as a full model: base tensor + (alpha/r) B @ A for adapted modules.
+
+    The delta of a module is materialised only when that tensor is read. Tensors the adapter saves
+    whole (``modules_to_save``) replace the base's.
+    """
+
+    def __init__(self, path: str | os.PathLike, base: SafetensorsFolder):
+        self.path = Path(path)
+        self.base = base
+        cfg = json.loads((self.path / ADAPTER_CONFIG).read_text())
+        if cfg.get("peft_type", "LORA") != "LORA":
+            raise ValueError(f"{self.path}: peft_type={cfg.get('peft_type')!r} is not supported (only LORA)")
+        self.config = cfg
+        weights = self.path / ADAPTER_WEIGHTS
+        if not weights.is_file():
+            raise FileNotFoundError(f"{self.path} has no {ADAPTER_WEIGHTS}; save the adapter with peft's "
+                                    f"save_pretrained(safe_serialization=True)")
+        self._handle = safe_open(str(weights), framework="pt")
+        r, alpha = cfg.get("r", 8), cfg.get("lora_alpha", 8)
+        self._default_scale = alpha / (r ** 0.5 if cfg.get("use_rslora") else r)
+        self._lora: dict[str, tuple[str, str]] = {}
+        self._whole: dict[str, str] = {}
+        for key in self._handle.keys():  # noqa: SIM118 - safe_open is not iterable
+            target = _adapter_key_to_base(key)
+            if ".lora_A." in key:
+                self._lora.setdefault(target, ("", ""))
+                self._lora[target] = (key, self._lora[target][1])
+            elif ".lora_B." in key:
+                self._lora.setdefault(target, ("", ""))
+                self._lora[target] = (self._lora[target][0], key)
+            elif "lora_embedding" in key or "lora_magnitude" in key:
+                raise ValueError(f"{self.path}: adapter tensor {key} (embedding LoRA / DoRA) is not supported")
+            else:
+                self._whole[target] = key
+        for target, (a, b) in self._lora.items():
+            if not a or not b:
+                raise ValueError(f"{self.path}: LoRA module {target} lacks its lora_A or lora_B tensor")
+            if target not in base:
+                raise ValueError(f"{self.path}: LoRA targets {target}, which the base model does not have")
+        for target in self._whole:
+            if target not in base:
+                raise ValueError(f"{self.path}: adapter saves {target}, which the base model does not have")
+
+    def _scale(self, target: str) -> float:
+        pattern = self.config.get("alpha_pattern") or {}
+        rank_pattern = self.config.get("rank_pattern") or {}
+        if not pattern and not rank_pattern:
+            return self._default_scale
+        module = target.removesuffix(".weight")
+        r = next((v for k, v in rank_pattern.items() if module.endswith(k)), self.config.get("r", 8))
+        alpha = next((v for k, v in pattern.items() if module.endswith(k)), self.config.get("lora_alpha", 8))
+        return alpha / (r ** 0.5 if self.config.get("use_rslora") else r)
+
+    def names(self) -> list[str]:
+        return self.base.names()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.base
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.base.shape(name)
+
+    def dtype_str(self, name: str) -> str:
+        return self.base.dtype_str(name)
+
+    def delta(self, name: str) -> torch.Tensor | None:
+        """The adapter's additive change to ``name`` (float32), or None where it changes nothing."""
+        if name in self._lora:
+            a_key, b_key = self._lora[name]
+            a = self._handle.get_tensor(a_key).float()
+            b = self._handle.get_tensor(b_key).float()
+            delta = (b @ a) * self._scale(name)
+            if self.config.get("fan_in_fan_out"):
+                delta = delta.T
+            return delta
+        if name in self._whole:
+            return self._handle.get_tensor(self._whole[name]).float() - self.base.get(name).float()
+        return None
+
+    def get(self, name: str) -> torch.Tensor:
+        base = self.base.get(name)
+        delta = self.delta(name)
+        return base if delta is None else base.float() + delta
+
+    def close(self) -> None:
+        del self._handle
+
+
+def _adapter_key_to_base(key: str) -> str:
+    """``base_model.model.model.layers.0.q_proj.lora_A.weight`` -> ``model.layers.0.q_proj.weight``."""
+    name = key.removeprefix("base_model.model.")
+    for marker in (".lora_A.", ".lora_B."):
+        if marker in name:
+            return name.split(marker)[0] + ".weight"
+    return name.replace(".modules_to_save.default.", ".").replace(".original_module.", ".")
+
+
+def open_source(path: Path, base: SafetensorsFolder | None):
+    """An HF folder or a peft adapter folder (which needs the base to stand on)."""
+    if is_adapter_folder(path):
+        if base is None:
+            raise ValueError(f"{path} is a LoRA adapter; merging it needs merge.base (the model it was trained on)")
+        return LoraAdapterSource(path, base)
+    return SafetensorsFolder(path)
+
+
+def plan_shards(entries: Sequence[tuple[str, tuple[int, ...], torch.dtype]], shard_size_bytes: int):
+    """Split ``(name, shape, dtype)`` entries, in order, into shards of at most ``shard_size_bytes``
+    (a tensor larger than that gets a shard of its own)."""
+    shards: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = [[]]
+    size = 0
+    for entry in entries:
+        nbytes = _nbytes(entry[1], entry[2])
+        if shards[-1] and size + nbytes > shard_size_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += nbytes
+    return shards
+
+
+def _nbytes(shape: Iterable[int], dtype: torch.dtype) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n * torch.empty((), dtype=dtype).element_size()
+
+
+class StreamingShardWriter:
+    """Writes tensors, in plan order, straight into pre-headed safetensors shards plus an index."""
+
+    def __init__(self, out_dir: Path, entries: Sequence[tuple[str, tuple[int, ...], torch.dtype]],
+                 shard_size_bytes: int):
+        self.out_dir = Path(out_dir)
+        self.shards = plan_shards(entries, shard_size_bytes)
+        n = len(self.shards)
+        self.files = [WEIGHTS_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self._order = [(si, e) for si, shard in enumerate(self.shards) for e in shard]
+        self._pos = 0
+        self._fh = None
+        self._shard = -1
+        self.total_bytes = sum(_nbytes(e[1], e[2]) for _, e in self._order)
+
+    def _open(self, si: int) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name, shape, dtype in self.shards[si]:
+            nbytes = _nbytes(shape, dtype)
+            header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self._fh = open(self.out_dir / self.files[si], "wb")  # noqa: SIM115 - closed in _open/close
+        self._fh.write(struct.pack("<Q", len(raw)))
+        self._fh.write(raw)
+        self._shard = si
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        si, (expected, shape, dtype) = self._order[self._pos]
+        if name != expected or tuple(tensor.shape) != tuple(shape) or tensor.dtype != dtype:
+            raise RuntimeError(f"writer expected {expected} {shape} {dtype}, got {name} "
+                               f"{tuple(tensor.shape)} {tensor.dtype}")
+        if si != self._shard:
+            self._open(si)
+        data = tensor.detach().contiguous().cpu()
+        self._fh.write(data.view(torch.uint8).reshape(-1).numpy().data if data.numel() else b"")  # no copy
+        self._pos += 1
+
+    def close(self) -> None:
+        if self._pos != len(self._order):
+            raise RuntimeError(f"writer closed after {self._pos} of {len(self._order)} tensors")
+        if self._fh is not None:
+            self._fh.close()
+        if len(self.files) > 1:
+            weight_map = {e[0]: self.files[si] for si, e in self._order}
+            (self.out_dir / WEIGHTS_INDEX).write_text(json.dumps(
+                {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}, indent=2) + "\n")
+
+
+# Files copied from the base (or the first full model) next to the merged weights.
+_SIDE_FILE_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".py", ".tiktoken")
+_NOT_COPIED = {WEIGHTS_INDEX, ADAPTER_CONFIG, "merge_report.json", "manifest.json"}
+
+
+def copy_side_files(src: Path, out_dir: Path) -> list[str]:
+    """Copy config, generation config and tokenizer files (everything but the weights)."""
+    copied = []
+    for p in sorted(Path(src).iterdir()):
+        if p.is_file() and p.suffix in _SIDE_FILE_SUFFIXES and p.name not in _NOT_COPIED:
+            shutil.copy2(p, out_dir / p.name)
+            copied.append(p.name)
+    return copied
+
+
+def temp_sibling(out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    return tmp
+
+
+def publish_atomic(tmp: Path, out: Path) -> None:
+    """Move a finished folder into place; an older folder at ``out`` is replaced as a whole."""
+    out = Path(out)
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,227 @@
+"""Merge config -> resolved, validated parameters (pure: no files).
+
+Per-model parameters (``weight``/``weights``, ``density``, ``epsilon``, ``gamma``) take a number for
+all models or a list with one value per model; global ones (``lambda``, ``normalize``, ``rescale``)
+take one value. ``normalize``/``rescale`` left null use the method's default (mergekit's).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mixmerge.merge.kernels import RESCALE_MODES
+from mixmerge.merge.registry import MergeMethod, get_method
+
+DTYPES = ("float32", "bfloat16", "float16")
+VOCAB_POLICIES = ("strict", "truncate")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(float(x))
+
+
+def resolve_weights(merge_cfg: Mapping[str, Any], n_models: int) -> list[float]:
+    """One weight per specialist: ``weights`` when given, else ``weight`` w -> [w, 1-w] for two models
+    (the study's codegen:codesum ratio), or w for each model otherwise."""
+    if n_models < 1:
+        raise ValueError("merge needs at least one specialist model (got 0)")
+    weights = merge_cfg.get("weights")
+    if weights is not None:
+        weights = list(weights)
+        if len(weights) != n_models:
+            raise ValueError(f"merge.weights has {len(weights)} values but there are {n_models} models; "
+                             f"give one weight per model")
+        for i, w in enumerate(weights):
+            if not _is_number(w):
+                raise ValueError(f"merge.weights[{i}]={w!r} is not a finite number")
+        return [float(w) for w in weights]
+    w = merge_cfg.get("weight", 0.5)
+    if isinstance(w, Sequence) and not isinstance(w, str):
+        raise ValueError(f"merge.weight={list(w)!r} is a list; use merge.weights=[...] for per-model weights")
+    if not _is_number(w):
+        raise ValueError(f"merge.weight={w!r} is not a finite number")
+    if n_models == 2:
+        if not 0 <= float(w) <= 1:
+            raise ValueError(f"merge.weight={w} is outside [0, 1]; with two models it means codegen w, "
+                             f"codesum 1-w (use merge.weights=[...] for other weightings)")
+        return [float(w), 1.0 - float(w)]
+    return [float(w)] * n_models
+
+
+def _per_model(merge_cfg: Mapping[str, Any], key: str, n_models: int, default: float) -> list[float]:
+    value = merge_cfg.get(key)
+    if value is None:
+        return [default] * n_models
+    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value] * n_models
+    if len(values) != n_models:
+        raise ValueError(f"merge.{key} has {len(values)} values but there are {n_models} models")
+    for v in values:
+        if not _is_number(v):
+            raise ValueError(f"merge.{key}={value!r} is not a finite number (or one per model)")
+    return [float(v) for v in values]
+
+
+@dataclass(frozen=True)
+class TSchedule:
+    """SLERP's t: a number, a gradient over layers (list), or filtered rules [{filter, value}, ...]."""
+
+    rules: tuple[tuple[str | None, tuple[float, ...]], ...]
+
+    def at(self, tensor_name: str, n_layers: int) -> float:
+        for pattern, values in self.rules:
+            if pattern in (None, "*") or pattern in tensor_name:
+                return _gradient_value(values, tensor_name, n_layers)
+        return 0.5
+
+
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+def _gradient_value(values: tuple[float, ...], tensor_name: str, n_layers: int) -> float:
+    """mergekit-style gradient: values spread evenly over the layers, linearly interpolated; tensors
+    outside the layer stack take the first value (embeddings) or the last (final norm, lm_head)."""
+    if len(values) == 1:
+        return values[0]
+    m = _LAYER.search(tensor_name)
+    if m is None:
+        return values[0] if "embed" in tensor_name else values[-1]
+    pos = int(m.group(1)) / max(n_layers - 1, 1) * (len(values) - 1)
+    lo = min(int(math.floor(pos)), len(values) - 2)
+    frac = pos - lo
+    return values[lo] * (1 - frac) + values[lo + 1] * frac
+
+
+def parse_t(t: Any) -> TSchedule:
+    def as_values(v: Any) -> tuple[float, ...]:
+        vals = list(v) if isinstance(v, Sequence) and not isinstance(v, str) else [v]
+        if not vals or not all(_is_number(x) and 0 <= float(x) <= 1 for x in vals):
+            raise ValueError(f"merge.t={t!r}: every t must be a number in [0, 1]")
+        return tuple(float(x) for x in vals)
+
+    if isinstance(t, Sequence) and not isinstance(t, str) and t and all(isinstance(x, Mapping) for x in t):
+        rules = []
+        for rule in t:
+            if "value" not in rule:
+                raise ValueError(f"merge.t rule {dict(rule)!r} has no 'value'")
+            rules.append((rule.get("filter"), as_values(rule["value"])))
+        return TSchedule(tuple(rules))
+    return TSchedule(((None, as_values(0.5 if t is None else t)),))
+
+
+@dataclass(frozen=True)
+class MergeParams:
+    method: MergeMethod
+    weights: list[float]
+    densities: list[float]
+    epsilons: list[float]
+    gammas: list[float]
+    lam: float
+    normalize: bool
+    rescale: str | None  # None, "l1" or "inverse_prob"
+    t: TSchedule
+    seed: int
+    dtype: str | None
+    filter_wise: bool = False
+    fisher_floor: float = 1e-6
+    vocab_policy: str = "strict"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_report(self) -> dict[str, Any]:
+        return {"method": self.method.name, "weights": self.weights, "density": self.densities,
+                "epsilon": self.epsilons, "gamma": self.gammas, "lambda": self.lam,
+                "normalize": self.normalize, "rescale": self.rescale, "t": [list(r[1]) for r in self.t.rules],
+                "seed": self.seed, "dtype": self.dtype, "vocab_policy": self.vocab_policy}
+
+
+def resolve_params(merge_cfg: Mapping[str, Any], n_models: int) -> MergeParams:
+    """Validate ``merge_cfg`` for ``n_models`` specialists and resolve every default."""
+    if "method" not in merge_cfg or merge_cfg["method"] is None:
+        raise ValueError("merge.method is missing; pick one of the files in conf/merge/ (e.g. merge=ties)")
+    method = get_method(str(merge_cfg["method"]))
+    if n_models < method.min_models:
+        raise ValueError(f"merge.method={method.name} needs at least {method.min_models} specialist models, "
+                         f"got {n_models}")
+    if method.max_models is not None and n_models > method.max_models:
+        raise ValueError(f"merge.method={method.name} merges exactly {method.max_models} models, got {n_models}")
+    weights = resolve_weights(merge_cfg, n_models)
+    densities = _per_model(merge_cfg, "density", n_models, 1.0)
+    epsilons = _per_model(merge_cfg, "epsilon", n_models, 0.15 if method.sparsify == "della" else 0.0)
+    gammas = _per_model(merge_cfg, "gamma", n_models, 0.01 if method.sparsify == "breadcrumbs" else 0.0)
+    for i, d in enumerate(densities):
+        if not 0 < d <= 1:
+            raise ValueError(f"merge.density={d} (model {i}) is outside (0, 1]; density is the fraction of "
+                             f"each task vector that is kept")
+    for i, (d, e) in enumerate(zip(densities, epsilons, strict=True)):
+        if e < 0:
+            raise ValueError(f"merge.epsilon={e} (model {i}) is negative")
+        if method.sparsify == "della" and d < 1 and not (d - e > 0 and d + e <= 1):
+            raise ValueError(f"merge.epsilon={e} with merge.density={d} (model {i}) gives keep probabilities "
+                             f"outside (0, 1]; choose epsilon < min(density, 1 - density)")
+    for i, g in enumerate(gammas):
+        if not 0 <= g < 1:
+            raise ValueError(f"merge.gamma={g} (model {i}) is outside [0, 1)")
+    lam = merge_cfg.get("lambda", 1.0)
+    lam = 1.0 if lam is None else lam
+    if not _is_number(lam):
+        raise ValueError(f"merge.lambda={lam!r} is not a finite number")
+    normalize = merge_cfg.get("normalize")
+    normalize = method.default_normalize if normalize is None else normalize
+    if not isinstance(normalize, bool):
+        raise ValueError(f"merge.normalize={normalize!r} must be true, false or null (the method's default)")
+    rescale = merge_cfg.get("rescale")
+    rescale = method.default_rescale if rescale is None else rescale
+    if not isinstance(rescale, bool):
+        raise ValueError(f"merge.rescale={rescale!r} must be true, false or null (the method's default)")
+    mode = merge_cfg.get("rescale_mode") or "l1"
+    if mode not in RESCALE_MODES:
+        raise ValueError(f"merge.rescale_mode={mode!r} is not one of {RESCALE_MODES} "
+                         f"(l1 = mergekit's norm matching, inverse_prob = the DARE/DELLA papers' 1/p)")
+    seed = merge_cfg.get("seed", 0)
+    seed = 0 if seed is None else seed
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"merge.seed={seed!r} must be an integer")
+    dtype = merge_cfg.get("dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"merge.dtype={dtype!r} is not one of {DTYPES} (or null for the base's dtype)")
+    vocab_policy = merge_cfg.get("vocab_policy") or "strict"
+    if vocab_policy not in VOCAB_POLICIES:
+        raise ValueError(f"merge.vocab_policy={vocab_policy!r} is not one of {VOCAB_POLICIES}")
+    fisher_paths = merge_cfg.get("fisher_paths")
+    if fisher_paths is not None and len(fisher_paths) != n_models:
+        raise ValueError(f"merge.fisher_paths has {len(fisher_paths)} folders but there are {n_models} models")
+    floor = merge_cfg.get("fisher_floor", 1e-6)
+    floor = 1e-6 if floor is None else floor
+    if not _is_number(floor) or floor < 0:
+        raise ValueError(f"merge.fisher_floor={floor!r} must be a non-negative number")
+    return MergeParams(
+        method=method, weights=weights, densities=densities, epsilons=epsilons, gammas=gammas,
+        lam=float(lam), normalize=normalize, rescale=mode if rescale else None, t=parse_t(merge_cfg.get("t")),
+        seed=seed, dtype=dtype, filter_wise=bool(merge_cfg.get("filter_wise", False)),
+        fisher_floor=float(floor), vocab_policy=vocab_policy,
+    )
+
+
+def validate_merge_config(merge_cfg: Mapping[str, Any], n_models: int | None = None) -> None:
+    """Check a merge config before any work (method known, ranges, weights count); raise ValueError.
+
+    ``n_models=None`` (a standalone merge whose models are not known yet): a ``merge.from_mergekit``
+    file is read and checked with its own models; otherwise the count comes from ``merge.models`` or
+    ``merge.weights``, else the method's minimum (so ranges are still checked).
+    """
+    if n_models is None:
+        if merge_cfg.get("from_mergekit"):
+            from mixmerge.merge.standalone import resolve_standalone_cfg
+
+            merge_cfg = resolve_standalone_cfg(merge_cfg)
+        if merge_cfg.get("models"):
+            n_models = len(merge_cfg["models"])
+        elif merge_cfg.get("weights") is not None:
+            n_models = len(merge_cfg["weights"])
+        else:
+            method = get_method(str(merge_cfg.get("method")))
+            n_models = max(method.min_models, 2 if method.max_models is None or method.max_models >= 2 else 1)
+    resolve_params(merge_cfg, n_models)

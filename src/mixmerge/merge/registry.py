@@ -1,0 +1,63 @@
+"""The table of merge methods: one row per method, names and defaults as in mergekit.
+
+Adding a method that the generalized task-arithmetic kernel covers is one row here plus one YAML in
+``conf/merge/``; a method with its own math adds a kernel in ``kernels.py`` and a ``kind``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    kind: str  # "gta" (generalized task arithmetic), "linear", "slerp", "model_stock", "fisher"
+    sparsify: str | None = None  # None, "magnitude", "random", "della", "breadcrumbs"
+    consensus: str | None = None  # None or "sum"
+    default_normalize: bool = False
+    default_rescale: bool = False
+    needs_base: bool = True
+    min_models: int = 1
+    max_models: int | None = None
+    reference_url: str = ""
+
+    @property
+    def randomized(self) -> bool:
+        return self.sparsify in ("random", "della")
+
+
+_ROWS = (
+    MergeMethod("linear", "linear", default_normalize=True, needs_base=False,
+                reference_url="https://arxiv.org/abs/2203.05482"),
+    MergeMethod("task_arithmetic", "gta", reference_url="https://arxiv.org/abs/2212.04089"),
+    MergeMethod("ties", "gta", "magnitude", "sum", default_normalize=True,
+                reference_url="https://arxiv.org/abs/2306.01708"),
+    MergeMethod("dare_ties", "gta", "random", "sum", default_rescale=True,
+                reference_url="https://arxiv.org/abs/2311.03099"),
+    MergeMethod("dare_linear", "gta", "random", None, default_rescale=True,
+                reference_url="https://arxiv.org/abs/2311.03099"),
+    MergeMethod("breadcrumbs", "gta", "breadcrumbs", None, reference_url="https://arxiv.org/abs/2312.06795"),
+    MergeMethod("breadcrumbs_ties", "gta", "breadcrumbs", "sum", reference_url="https://arxiv.org/abs/2312.06795"),
+    MergeMethod("della", "gta", "della", "sum", default_normalize=True, default_rescale=True,
+                reference_url="https://arxiv.org/abs/2406.11617"),
+    MergeMethod("della_linear", "gta", "della", None, default_rescale=True,
+                reference_url="https://arxiv.org/abs/2406.11617"),
+    MergeMethod("slerp", "slerp", needs_base=False, min_models=2, max_models=2,
+                reference_url="https://en.wikipedia.org/wiki/Slerp"),
+    MergeMethod("model_stock", "model_stock", min_models=2, reference_url="https://arxiv.org/abs/2403.19522"),
+    MergeMethod("fisher", "fisher", needs_base=False, reference_url="https://arxiv.org/abs/2111.09832"),
+)
+
+METHODS: dict[str, MergeMethod] = {row.name: row for row in _ROWS}
+# The study's names for mergekit's methods: `merge=dare` is DARE with TIES sign election.
+ALIASES: dict[str, str] = {"dare": "dare_ties"}
+
+
+def get_method(name: str) -> MergeMethod:
+    """The row for ``name`` (aliases resolved), or a ValueError listing the known methods."""
+    canonical = ALIASES.get(name, name)
+    if canonical not in METHODS:
+        known = ", ".join(sorted([*METHODS, *ALIASES]))
+        raise ValueError(f"merge.method={name!r} is not a known merge method; use one of: {known}")
+    return METHODS[canonical]
