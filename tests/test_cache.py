@@ -54,6 +54,7 @@ def test_what_does_not_matter_keeps_the_key():
         "seed": 0,
         "model": {"prompt_style": "completion", "dtype": "float32"},
         "logger": {"wandb": {"mode": "offline"}},
+        "task": {"packing": True},
     }
     other = json.loads(json.dumps(cfg))
     other["logger"]["wandb"]["mode"] = "online"

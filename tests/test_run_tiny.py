@@ -64,3 +64,16 @@ def test_changing_the_merge_reuses_the_specialists(first_run):
     log = (tmp_path / "run3" / "run.log").read_text()
     assert "cache hit: specialist/codegen" in log and "cache hit: mixture" in log
     assert "cache miss: building merged (linear)" in log
+
+
+def test_training_strategies_reuse_the_compare_runs_models(first_run):
+    """`strategy=specialist task=codegen` and `strategy=mixture` train exactly what `compare` trained:
+    same data and settings, so both are cache hits and write only the variants they produce."""
+    tmp_path, _ = first_run
+    _run(tmp_path, "spec", "strategy=specialist", "task=codegen")
+    log = (tmp_path / "spec" / "run.log").read_text()
+    assert "cache hit: specialist/codegen" in log and "cache miss: building specialist" not in log
+    assert set(json.loads((tmp_path / "spec" / "metrics.json").read_text())["variants"]) == {"specialist/codegen"}
+    _run(tmp_path, "mix", "strategy=mixture")
+    log = (tmp_path / "mix" / "run.log").read_text()
+    assert "cache hit: mixture" in log and "cache miss: building mixture" not in log

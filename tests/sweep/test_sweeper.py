@@ -126,8 +126,11 @@ def test_grid_runs_each_feasible_point_once(toy):
 
 
 def test_two_stage_promotes_the_best_cheap_trials(toy):
+    # the toy app has no eval group: its cheap stage is a seeded subset (eval.limit) instead of eval=quick
     args = ("hparams_search=merge_optuna_two_stage", "merge=linear", "hydra.sweeper.n_trials=4",
-            "hydra.sweeper.promotion.fraction=0.5", "hydra/sweeper/sampler=random")
+            "hydra.sweeper.promotion.fraction=0.5", "hydra/sweeper/sampler=random",
+            "hydra.sweeper.promotion.cheap_overrides=['eval.limit=16']",
+            "hydra.sweeper.promotion.full_overrides=['eval.limit=null']")
     toy.run(*args)
     jobs = toy.jobs()
     cheap = [j for j in jobs if j["limit"] == 16]

@@ -12,11 +12,11 @@ from typing import Any
 import lightning as L
 import torch
 
+from mixmerge.data import SFTDataModule
 from mixmerge.data.example import Example
 from mixmerge.models import load_tokenizer
 from mixmerge.train.adapters import export_model, prepare_model
 from mixmerge.train.module import SFTModule
-from mixmerge.train.resumable import ResumableSFTData
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,9 @@ def train_model(base_path: Path, *, train: Sequence[Example], val: Sequence[Exam
     L.seed_everything(seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(base_path)
     model = prepare_model(base_path, finetune, dtype=model_cfg["dtype"])
-    datamodule = ResumableSFTData(train, val, tokenizer, prompt_style=model_cfg["prompt_style"],
-                               max_length=int(finetune["max_length"]), batch_size=int(finetune["batch_size"]),
-                               seed=seed, packing=bool(packing))
+    datamodule = SFTDataModule(  # resumes mid-epoch: see data/datamodule.py
+        train, val, tokenizer, prompt_style=model_cfg["prompt_style"], max_length=int(finetune["max_length"]),
+        batch_size=int(finetune["batch_size"]), seed=seed, packing=bool(packing))
     module = SFTModule(model, finetune, total_steps=int(trainer_cfg["max_steps"]), log_prefix=label)
     ckpt_dir = out_dir / CHECKPOINTS
     last = ckpt_dir / "last.ckpt"

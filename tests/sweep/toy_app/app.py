@@ -48,7 +48,7 @@ def main(cfg: DictConfig):
         codesum += 0.05 * math.cos(89 * m.weight)
     if cfg.toy.nan_if_weight_above is not None and m.weight > cfg.toy.nan_if_weight_above:
         codegen = float("nan")
-    metrics = {"codegen/pass@1": codegen, "codesum/bleu4": codesum, "aggregate": (codegen + codesum) / 2}
+    metrics = {"codegen/humaneval_pass@1": codegen, "codesum/bleu4": codesum, "aggregate": (codegen + codesum) / 2}
     objective = [metrics[k] for k in cfg.objective.metric] if OmegaConf.is_list(cfg.objective.metric) \
         else metrics[cfg.objective.metric]
     out = {"variants": {"merged": {"metrics": metrics, "artifact": "none"},
