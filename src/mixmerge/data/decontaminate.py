@@ -81,6 +81,13 @@ def mbpp_problems(path: str | Path) -> list[tuple[str, str]]:
     return out
 
 
+def index_from_config(dec: dict) -> BenchmarkIndex | None:
+    """The index a ``decontaminate`` config block asks for (``humaneval``, ``mbpp_path``, ``ngram``); None = off."""
+    if not (dec["humaneval"] or dec["mbpp_path"]):
+        return None
+    return load_index(humaneval=dec["humaneval"], mbpp_path=dec["mbpp_path"], n=dec["ngram"])
+
+
 def load_index(*, humaneval: bool = True, mbpp_path: str | None = None, n: int = NGRAM) -> BenchmarkIndex:
     """The benchmark index for the configured benchmarks (HumanEval always ships; MBPP if a file is given)."""
     problems, sources = [], []

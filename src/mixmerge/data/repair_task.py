@@ -173,13 +173,10 @@ def _ensure_stdlib_repair(source_cfg: Mapping[str, Any], store) -> tuple[Path, d
     key_cfg = {"builder": "repair-stdlib", "builder_version": BUILDER_VERSION, "python": python, **cfg}
 
     def build(work: Path) -> dict:
-        from mixmerge.data.decontaminate import load_index
+        from mixmerge.data.decontaminate import index_from_config
 
         started = time.perf_counter()
-        dec = cfg["decontaminate"]
-        index = None
-        if dec["humaneval"] or dec["mbpp_path"]:
-            index = load_index(humaneval=dec["humaneval"], mbpp_path=dec["mbpp_path"], n=dec["ngram"])
+        index = index_from_config(cfg["decontaminate"])
         splits, stats = build_repair_corpus(cfg, index)
         for split, examples in splits.items():
             with open(work / f"{split}.jsonl", "w") as f:

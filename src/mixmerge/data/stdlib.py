@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mixmerge.data.decontaminate import BenchmarkIndex, load_index
+from mixmerge.data.decontaminate import BenchmarkIndex, index_from_config
 from mixmerge.data.example import Example
 from mixmerge.data.text import normalise_summary, stable_hash, unit_interval
 
@@ -257,10 +257,7 @@ def ensure_corpus(source_cfg: Mapping[str, Any], store) -> tuple[Path, dict]:
 
     def build(work: Path) -> dict:
         started = time.perf_counter()
-        dec = cfg["decontaminate"]
-        index = None
-        if dec["humaneval"] or dec["mbpp_path"]:
-            index = load_index(humaneval=dec["humaneval"], mbpp_path=dec["mbpp_path"], n=dec["ngram"])
+        index = index_from_config(cfg["decontaminate"])
         corpus, stats = build_corpus(cfg, index)
         counts, hashes = {}, {}
         for task, splits in corpus.items():
