@@ -90,17 +90,21 @@ def merge_config_for_key(merge_cfg: Mapping[str, Any]) -> dict:
     return {k: v for k, v in merge_cfg.items() if k not in ("base", "models", "output", "from_mergekit")}
 
 
+def merge_inputs(base: BaseModel, specialists: Sequence[Variant]) -> dict[str, str]:
+    """The keys a merge depends on besides its parameters: the base and every specialist."""
+    return {"base": base.key, **{v.name: v.key for v in specialists}}
+
+
 def ensure_merged(cfg, store, base: BaseModel, specialists: Sequence[Variant]) -> Variant:
     from mixmerge.merge import merge_folders
 
     merge_cfg = cfg["merge"]
-    inputs = {"base": base.key, **{v.name: v.key for v in specialists}}
 
     def build(work: Path) -> dict:
         report = merge_folders(merge_cfg, base.path, [v.path for v in specialists], work)
-        return {"merge_seconds": report.get("seconds", report.get("time_s"))}
+        return {"merge_seconds": report["time_s"]}
 
-    art = store.get_or_build("merged", merge_config_for_key(merge_cfg), build, inputs=inputs,
+    art = store.get_or_build("merged", merge_config_for_key(merge_cfg), build, inputs=merge_inputs(base, specialists),
                              label=f"merged ({merge_cfg['method']})")
     return Variant("merged", art.path, art.key)
 
@@ -117,8 +121,7 @@ def merged_in_memory(cfg, store, base: BaseModel, specialists: Sequence[Variant]
 
     merge_cfg = cfg["merge"]
     validate_merge_config(merge_cfg, n_models=len(specialists))
-    inputs = {"base": base.key, **{v.name: v.key for v in specialists}}
-    key = content_key("merged", merge_config_for_key(merge_cfg), inputs)
+    key = content_key("merged", merge_config_for_key(merge_cfg), merge_inputs(base, specialists))
     resident = (str(base.path), *(str(v.path) for v in specialists))
 
     def load():

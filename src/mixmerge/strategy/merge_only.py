@@ -15,6 +15,6 @@ def run(cfg, *, store, run_dir: Path, tracker) -> None:
 
     report = merge_standalone(cfg["merge"])
     write_json_atomic(run_dir / "merge_report.json", report)
-    tracker.log_summary({"merge_seconds": report.get("seconds", report.get("time_s"))})
+    tracker.log_summary({"merge_seconds": report["time_s"]})
     log.info("merged %s into %s", cfg["merge"].get("models"), cfg["merge"].get("output"))
     return None
