@@ -181,21 +181,6 @@ def write_results(cfg, run_dir: Path, results: Mapping[str, Mapping], caption: s
     return objective
 
 
-def eval_caption(eval_cfg: Mapping[str, Any]) -> str:
-    """Say which subsets the numbers come from, so nobody reads a 16-problem pass@1 as the full benchmark."""
-    if not eval_cfg.get("enabled", True):
-        return "No evaluation (eval=none)."
-    parts = []
-    for name, label in (("humaneval", "HumanEval"), ("mbpp", "MBPP"), ("codesum", "codesum test")):
-        sub = eval_cfg.get(name) or {}
-        if sub.get("enabled"):
-            parts.append(f"{label}: {'all' if sub.get('limit') is None else sub['limit']} problems")
-    loss = eval_cfg.get("loss") or {}
-    if loss.get("enabled", True):
-        parts.append(f"held-out loss: {'all' if loss.get('limit') is None else loss['limit']} examples per task")
-    return f"Seeded subsets (eval.seed={eval_cfg.get('seed', 0)}): " + "; ".join(parts) + "."
-
-
 def describe_check(check: Mapping[str, Any]) -> str:
     """One paragraph: what won on the aggregate, by how much, and what merging cost relative to the specialists."""
     verdict = {True: "the recommendation was right", False: "the recommendation was wrong"}.get(
@@ -229,6 +214,7 @@ def analyse_variants(cfg, run_dir: Path, base: BaseModel, variants: Sequence[Var
 def run_compare(cfg: Mapping[str, Any], *, store: ArtifactStore, run_dir: Path, tracker: Tracker):
     """base → specialists → mixture → merged → evaluate each → table and objective."""
     from mixmerge.data import load_tasks
+    from mixmerge.eval import describe_subsets
 
     want = set(cfg["strategy"]["variants"])
     base = resolve_base_model(cfg["model"], store)
@@ -250,7 +236,7 @@ def run_compare(cfg: Mapping[str, Any], *, store: ArtifactStore, run_dir: Path, 
         metrics = ensure_evaluation(cfg, store, v, tasks) if cfg["eval"].get("enabled", True) else {}
         results[v.name] = {"metrics": metrics, "artifact": str(v.path) if v.path else f"in-memory:{v.key}"}
         tracker.log_metrics({f"{v.name}/{k}": val for k, val in metrics.items()})
-    objective = write_results(cfg, run_dir, results, eval_caption(cfg["eval"]))
+    objective = write_results(cfg, run_dir, results, describe_subsets(cfg["eval"]))
     if cfg["analysis"].get("enabled", True):
         analyse_variants(cfg, run_dir, base, variants, results, tracker)
     columns = sorted({k for r in results.values() for k in r["metrics"]})

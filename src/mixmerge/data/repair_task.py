@@ -14,9 +14,7 @@ Public data (``from: local`` or ``from: hub``): any table of (buggy, fixed) pair
 from __future__ import annotations
 
 import ast
-import json
 import logging
-import platform
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,9 +27,11 @@ from mixmerge.data.stdlib import (
     SPLITS,
     extract_functions,
     iter_modules,
+    python_tag,
     read_jsonl,
     split_of,
     stdlib_root,
+    write_jsonl,
 )
 from mixmerge.data.text import stable_hash
 
@@ -169,7 +169,7 @@ def build_repair_corpus(cfg: Mapping[str, Any], index=None) -> tuple[dict[str, l
 
 def _ensure_stdlib_repair(source_cfg: Mapping[str, Any], store) -> tuple[Path, dict]:
     cfg = stdlib_config(source_cfg)
-    python = f"{platform.python_implementation()}-{platform.python_version()}"
+    python = python_tag()
     key_cfg = {"builder": "repair-stdlib", "builder_version": BUILDER_VERSION, "python": python, **cfg}
 
     def build(work: Path) -> dict:
@@ -179,9 +179,7 @@ def _ensure_stdlib_repair(source_cfg: Mapping[str, Any], store) -> tuple[Path, d
         index = index_from_config(cfg["decontaminate"])
         splits, stats = build_repair_corpus(cfg, index)
         for split, examples in splits.items():
-            with open(work / f"{split}.jsonl", "w") as f:
-                for ex in examples:
-                    f.write(json.dumps(ex.to_dict(), sort_keys=True) + "\n")
+            write_jsonl(work / f"{split}.jsonl", examples)
         counts = {s: len(v) for s, v in splits.items()}
         build_s = round(time.perf_counter() - started, 2)
         log.info("repair corpus (%s) built in %.1f s: %s; %s", python, build_s, counts, stats)

@@ -237,7 +237,12 @@ def data_hash(examples_by_split: Mapping[str, list[Example]]) -> str:
     return stable_hash(payload, 20)
 
 
-def _write_jsonl(path: Path, examples: list[Example]) -> None:
+def python_tag() -> str:
+    """The interpreter a corpus was built from (its stdlib is the corpus): e.g. ``CPython-3.11.7``."""
+    return f"{platform.python_implementation()}-{platform.python_version()}"
+
+
+def write_jsonl(path: Path, examples: list[Example]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         for ex in examples:
@@ -252,7 +257,7 @@ def read_jsonl(path: Path) -> list[Example]:
 def ensure_corpus(source_cfg: Mapping[str, Any], store) -> tuple[Path, dict]:
     """Build (once per Python version and builder config) and return the corpus folder and manifest."""
     cfg = corpus_config(source_cfg)
-    python = f"{platform.python_implementation()}-{platform.python_version()}"
+    python = python_tag()
     key_cfg = {"builder": "stdlib", "builder_version": BUILDER_VERSION, "python": python, **cfg}
 
     def build(work: Path) -> dict:
@@ -262,7 +267,7 @@ def ensure_corpus(source_cfg: Mapping[str, Any], store) -> tuple[Path, dict]:
         counts, hashes = {}, {}
         for task, splits in corpus.items():
             for split, examples in splits.items():
-                _write_jsonl(work / task / f"{split}.jsonl", examples)
+                write_jsonl(work / task / f"{split}.jsonl", examples)
             counts[task] = {s: len(v) for s, v in splits.items()}
             hashes[task] = data_hash(splits)
         build_s = time.perf_counter() - started
