@@ -63,9 +63,12 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
     method = params.method
     if base is None and (method.needs_base or any(is_adapter_folder(m) for m in models)):
         raise ValueError(f"merge.method={method.name} needs merge.base (the model the specialists share)")
-    for p in [*([base] if base is not None else []), *models]:
+    named = [*([("merge.base", base)] if base is not None else []),
+             *((f"merge.models[{i}]", m) for i, m in enumerate(models))]
+    for field_name, p in named:
         if not Path(p).is_dir():
-            raise FileNotFoundError(f"merge input {p} is not a folder")
+            raise FileNotFoundError(f"{field_name}={str(p)!r} is not a folder; give an HF model folder or a peft "
+                                    "adapter folder")
     full_models = [m for m in models if not is_adapter_folder(m)]
     ref_path = Path(base) if base is not None else full_models[0]
     V.check_architectures(ref_path, models, params.vocab_policy)
