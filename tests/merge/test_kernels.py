@@ -129,12 +129,11 @@ def test_slerp_per_layer_schedule():
 
 def test_dare_keeps_density_fraction_and_rescales():
     d = torch.ones(200_000)
-    gen = K.tensor_generator(0, "x", 0)
-    out = K.sparsify_random(d, 0.3, gen, rescale="inverse_prob")
+    out = K.sparsify_random(d, 0.3, K.tensor_key(0, "x", 0), rescale="inverse_prob")
     kept = out != 0
     assert float(kept.float().mean()) == pytest.approx(0.3, abs=0.005)
     torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.3))
-    out_l1 = K.sparsify_random(d, 0.3, K.tensor_generator(0, "x", 0), rescale="l1")
+    out_l1 = K.sparsify_random(d, 0.3, K.tensor_key(0, "x", 0), rescale="l1")
     assert float(out_l1.abs().sum()) == pytest.approx(float(d.abs().sum()), rel=1e-4)
     assert torch.equal(out_l1 != 0, kept)  # the mask depends only on (seed, name, model)
 
@@ -145,7 +144,7 @@ def test_della_probabilities_follow_magnitude_rank():
     # ranks by |d|: 0.0 -> 0, 0.1 -> 1, -1 -> 2, 2 -> 3, -5 -> 4; p = 0.3 + rank/4 * 0.4
     torch.testing.assert_close(probs, torch.tensor([[0.4, 0.7, 0.6, 0.3, 0.5]]))
     big = _rand(64, 4096, seed=5)
-    keep = K.sparsify_della(big, 0.5, 0.2, K.tensor_generator(1, "w", 0), rescale=None) != 0
+    keep = K.sparsify_della(big, 0.5, 0.2, K.tensor_key(1, "w", 0), rescale=None) != 0
     assert float(keep.float().mean()) == pytest.approx(0.5, abs=0.01)
     top = big.abs() > big.abs().median(dim=1, keepdim=True).values
     assert float(keep[top].float().mean()) > float(keep[~top].float().mean()) + 0.15
@@ -153,7 +152,7 @@ def test_della_probabilities_follow_magnitude_rank():
 
 def test_della_paper_rescale_is_unbiased():
     d = _rand(64, 256, seed=3)
-    outs = torch.stack([K.sparsify_della(d, 0.4, 0.1, K.tensor_generator(s, "w", 0), rescale="inverse_prob")
+    outs = torch.stack([K.sparsify_della(d, 0.4, 0.1, K.tensor_key(s, "w", 0), rescale="inverse_prob")
                         for s in range(40)])
     assert float((outs.mean(0) - d).abs().mean()) < 0.25 * float(d.abs().mean())
 

@@ -19,11 +19,11 @@ def sparsify_delta(delta: torch.Tensor, params: MergeParams, i: int, tensor_name
         return K.sparsify_magnitude(delta, density, params.rescale)
     if kind == "breadcrumbs":
         return K.sparsify_breadcrumbs(delta, density, params.gammas[i], params.rescale)
-    gen = K.tensor_generator(params.seed, tensor_name, i, delta.device)
+    key = K.tensor_key(params.seed, tensor_name, i)
     if kind == "random":
-        return K.sparsify_random(delta, density, gen, params.rescale)
+        return K.sparsify_random(delta, density, key, params.rescale)
     if kind == "della":
-        return K.sparsify_della(delta, density, params.epsilons[i], gen, params.rescale)
+        return K.sparsify_della(delta, density, params.epsilons[i], key, params.rescale)
     raise ValueError(f"unknown sparsifier {kind!r}")
 
 
@@ -75,17 +75,3 @@ def combine_sparse(base: torch.Tensor, stacked: torch.Tensor, params: MergeParam
     """base + the method's combination of already-sparsified deltas (float32)."""
     return K.merge_task_vectors(stacked, params.weights, consensus=params.method.consensus,
                                 normalize=params.normalize, lam=params.lam, base=base)
-
-
-def merge_deltas(
-    tensor_name: str,
-    base: torch.Tensor,
-    deltas: Sequence[torch.Tensor],
-    params: MergeParams,
-    *,
-    with_stats: bool = False,
-) -> tuple[torch.Tensor, K.KernelStats | None]:
-    """Like ``merge_tensor`` for task-vector methods, from precomputed deltas (the in-memory path)."""
-    stacked = sparsify_stack(tensor_name, deltas, params)
-    stats = K.delta_stats(stacked) if with_stats else None
-    return combine_sparse(base, stacked, params), stats

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import resource
 import shutil
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from mixmerge.cache import write_json_atomic
+from mixmerge.merge import fast_gta
 from mixmerge.merge import validate as V
 from mixmerge.merge.combine import merge_tensor
 from mixmerge.merge.io import (
@@ -99,9 +101,16 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
     # Without sparsification a NaN/Inf in any input reaches the output (0 * NaN is NaN), so checking the
     # output is enough; a sparsifier could drop it silently, so there every input is checked.
     inputs_can_vanish = method.sparsify is not None
+    fused = FusedBuffers(len(models), shapes, names, base_src) if fast_gta.applies(params) else None
     try:
         writer = StreamingShardWriter(tmp, entries, int(float(shard_mb) * 1e6))
         for name, shape, dtype in entries:
+            if fused is not None and base_src.dtype_str(name) in _FLOAT_DTYPES:
+                merged, stats = _merge_fused(name, shape, params, base_src, sources, labels, fused, check_finite)
+                writer.write(name, merged.to(dtype))
+                per_tensor[name] = {"kept_fraction": round(stats.kept_fraction, 6),
+                                    "sign_conflict_rate": round(stats.sign_conflict_rate, 6)}
+                continue
             rows = shape[0] if shape else None
             base_t = base_src.get(name)
             tensors = [src.get(name) for src in sources]
@@ -160,6 +169,60 @@ def _check_inputs_finite(name, base_t, tensors, labels) -> None:
     V.check_finite(name, base_t, "merge.base")
     for t, label in zip(tensors, labels, strict=True):
         V.check_finite(name, t, label)
+
+
+_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+
+
+class FusedBuffers:
+    """Float32 buffers for the fused path, sized for the largest tensor and reused for every tensor:
+    the inputs are read straight into them and the result computed into them (no allocation per
+    tensor). Peak memory: (n_models + 2) x the largest tensor."""
+
+    def __init__(self, n_models: int, shapes, names, base_src):
+        largest = max((math.prod(shapes[n]) for n in names if base_src.dtype_str(n) in _FLOAT_DTYPES), default=0)
+        self.n_models = n_models
+        # torch.empty touches no page: with float32 inputs (the usual case) only ``out`` ever enters RSS.
+        self.base = torch.empty(largest, dtype=torch.float32)
+        self.models = torch.empty(n_models * largest, dtype=torch.float32)
+        self.out = torch.empty(largest, dtype=torch.float32)
+
+    def views(self, shape):
+        n = math.prod(shape)
+        models = self.models[: self.n_models * n].view(self.n_models, n)
+        return self.base[:n], [models[i] for i in range(self.n_models)], self.out[:n]
+
+
+def _merge_fused(name, shape, params, base_src, sources, labels, buffers: FusedBuffers, check_finite: bool):
+    """One task-vector-method tensor through the fused CPU kernels. Float32 inputs of the right shape
+    are used in place (memory-mapped, released after the tensor); others are read into reused buffers."""
+    base_buf, model_bufs, out = buffers.views(shape)
+    srcs = [base_src, *sources]
+    zero_copy = [isinstance(s, SafetensorsFolder) and s.dtype_str(name) == "F32" and s.shape(name) == tuple(shape)
+                 for s in srcs]
+    flats = []
+    for k, (src, direct) in enumerate(zip(srcs, zero_copy, strict=True)):
+        if direct:
+            flats.append(src.view(name).reshape(-1))
+        else:
+            buf = base_buf if k == 0 else model_bufs[k - 1]
+            src.read_into(name, buf.view(shape))
+            flats.append(buf)
+    base, xs = flats[0], flats[1:]
+    try:
+        plan = fast_gta.plan_sparsity(name, base, xs, params, is_delta=False, shape=tuple(shape))
+        merged, stats, bad_in, bad_out = fast_gta.merge_planned(base, xs, plan, params, is_delta=False, out=out)
+        if check_finite and bad_in:
+            _check_inputs_finite(name, base.view(shape), [x.view(shape) for x in xs], labels)
+        if check_finite and bad_out:
+            raise ValueError(f"the merge of tensor {name!r} produced NaN/Inf; check merge.weights and "
+                             f"merge.lambda")
+    finally:
+        del flats, base, xs
+        for src, direct in zip(srcs, zero_copy, strict=True):
+            if direct:
+                src.release(name)
+    return merged.view(shape), stats
 
 
 def _mean(values) -> float | None:

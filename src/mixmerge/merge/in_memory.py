@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from mixmerge.merge import fast_gta
 from mixmerge.merge import kernels as K
 from mixmerge.merge import validate as V
 from mixmerge.merge.combine import combine_sparse, sparsify_stack, sparsity_key
@@ -40,7 +41,7 @@ class InMemoryMerger:
             cfg = V.read_config(self.base_path) or {}
             self.n_layers = int(cfg.get("num_hidden_layers", 1) or 1)
             self.base: dict[str, torch.Tensor] = {}
-            self.deltas: dict[str, list[torch.Tensor]] = {}
+            self.deltas: dict[str, torch.Tensor] = {}
             for name in base_src.names():
                 b = base_src.get(name)
                 if not b.is_floating_point():
@@ -48,12 +49,12 @@ class InMemoryMerger:
                 V.check_finite(name, b, "merge.base")
                 b32 = b.float().to(self.device)
                 self.base[name] = b32
-                row = []
-                for src, label in zip(sources, labels, strict=True):
+                row = torch.empty((len(sources), *b32.shape), dtype=torch.float32, device=self.device)
+                for i, (src, label) in enumerate(zip(sources, labels, strict=True)):
                     t = src.get(name)
                     V.check_finite(name, t, label)
-                    row.append(t.float().to(self.device) - b32)
-                self.deltas[name] = row
+                    torch.sub(t.float().to(self.device), b32, out=row[i])
+                self.deltas[name] = row  # (n_models, *shape): task vectors, one row per model
         finally:
             for s in [base_src, *sources]:
                 s.close()
@@ -70,8 +71,10 @@ class InMemoryMerger:
             self._fisher_cache[key] = loaded
         return self._fisher_cache[key]
 
-    def merged_tensors(self, merge_cfg: Mapping[str, Any], *, with_stats: bool = False):
-        """Yield ``(name, merged float32 tensor, stats)`` for every floating tensor."""
+    def merged_tensors(self, merge_cfg: Mapping[str, Any], *, with_stats: bool = False,
+                       targets: Mapping[str, torch.Tensor] | None = None):
+        """Yield ``(name, merged float32 tensor, stats)`` for every floating tensor. A merge computed
+        straight into its float32 CPU target in ``targets`` yields None in place of the tensor."""
         params = resolve_params(merge_cfg, len(self.model_paths))
         kind = params.method.kind
         fishers = None
@@ -86,8 +89,12 @@ class InMemoryMerger:
             if self._sparse_key != key:
                 self._sparse_key, self._sparse = key, {}
             cache = self._sparse
+        fused = kind == "gta" and self.device.type == "cpu"
         for name, base in self.base.items():
             deltas = self.deltas[name]
+            if fused:
+                yield name, *self._merge_fused(name, base, deltas, params, cache, (targets or {}).get(name))
+                continue
             if kind == "gta":
                 stacked = cache.get(name) if cache is not None else None
                 if stacked is None:
@@ -110,6 +117,24 @@ class InMemoryMerger:
                                                        params.fisher_floor)
             yield name, merged, stats
 
+    def _merge_fused(self, name, base, deltas, params, cache, target):
+        """A task-vector method through the fused CPU kernels; the sparsity plan (thresholds, DELLA's
+        survivors) is cached across trials that share densities, epsilons, seed and rescale."""
+        flat_base = base.reshape(-1)
+        rows = list(deltas.reshape(deltas.shape[0], -1))
+        plan = cache.get(name) if cache is not None else None
+        if plan is None:
+            plan = fast_gta.plan_sparsity(name, flat_base, rows, params, is_delta=True, shape=tuple(base.shape))
+            if cache is not None:
+                cache[name] = plan
+        direct = (target is not None and target.dtype == torch.float32 and target.device.type == "cpu"
+                  and target.is_contiguous() and target.shape == base.shape)
+        out = target.data.view(-1) if direct else None
+        merged, stats, _, bad_out = fast_gta.merge_planned(flat_base, rows, plan, params, is_delta=True, out=out)
+        if bad_out:
+            raise ValueError(f"the merge of tensor {name!r} produced NaN/Inf; check merge.weights and merge.lambda")
+        return (None if direct else merged.view(base.shape)), stats
+
     @torch.no_grad()
     def merge_into(self, model: torch.nn.Module, merge_cfg: Mapping[str, Any]) -> dict:
         """Overwrite ``model``'s weights with the merge of the resident specialists; return a report."""
@@ -120,8 +145,11 @@ class InMemoryMerger:
         params = resolve_params(merge_cfg, len(self.model_paths))
         coefs = _affine_coefficients(params)
         merged_iter = (self._affine_tensors(coefs, targets) if coefs is not None
-                       else self.merged_tensors(merge_cfg, with_stats=with_stats))
+                       else self.merged_tensors(merge_cfg, with_stats=with_stats, targets=targets))
         for name, merged, stats in merged_iter:
+            if stats is not None and with_stats:
+                per_tensor[name] = {"kept_fraction": stats.kept_fraction,
+                                    "sign_conflict_rate": stats.sign_conflict_rate}
             if merged is None:  # already written in place
                 continue
             if name not in targets:
@@ -132,9 +160,6 @@ class InMemoryMerger:
                 raise ValueError(f"shape mismatch: tensor {name!r} is {tuple(target.shape)} in the live model but "
                                  f"{tuple(merged.shape)} in the merge")
             target.data.copy_(merged.to(device=target.device, dtype=target.dtype))
-            if stats is not None:
-                per_tensor[name] = {"kept_fraction": stats.kept_fraction,
-                                    "sign_conflict_rate": stats.sign_conflict_rate}
         return {"method": params.method.name, "parameters": params.as_report(), "per_tensor": per_tensor,
                 "time_s": round(time.perf_counter() - t0, 4), "n_tensors": len(self.base)}
 

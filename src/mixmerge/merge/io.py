@@ -8,6 +8,7 @@ bytes are appended as they are computed: no shard is ever held in memory.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import struct
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -52,25 +54,61 @@ class _SafetensorsFile:
         header.pop("__metadata__", None)
         self.data_start = 8 + header_len
         self.entries: dict[str, dict] = header
+        self._map: mmap.mmap | None = None
+
+    def view(self, name: str) -> torch.Tensor:
+        """A zero-copy tensor over the file's bytes (a private, copy-on-write memory map): no read,
+        no copy. Call ``release`` when done so the pages leave this process's RSS."""
+        entry = self.entries[name]
+        begin, end = entry["data_offsets"]
+        if self._map is None:
+            self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_COPY)
+        array = np.frombuffer(self._map, dtype=np.uint8, count=end - begin, offset=self.data_start + begin)
+        return torch.from_numpy(array).view(_TORCH_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+    def release(self, name: str) -> None:
+        """Drop a viewed tensor's pages from this process (the page cache keeps them)."""
+        if self._map is None:
+            return
+        begin, end = self.entries[name]["data_offsets"]
+        first = (self.data_start + begin) // mmap.PAGESIZE * mmap.PAGESIZE
+        last = self.data_start + end
+        if last > first:
+            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
     def get(self, name: str) -> torch.Tensor:
         entry = self.entries[name]
-        begin, end = entry["data_offsets"]
         dtype = _TORCH_DTYPES.get(entry["dtype"])
         if dtype is None:
             raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
-        buf = bytearray(end - begin)
-        view, offset = memoryview(buf), self.data_start + begin
+        out = torch.empty(entry["shape"], dtype=dtype)
+        self._pread_into(name, out)
+        return out
+
+    def read_into(self, name: str, out: torch.Tensor) -> None:
+        """Fill the contiguous CPU tensor ``out`` (reused across tensors: no allocation, no page faults);
+        the bytes go straight in when shape and dtype match, else through a converting copy (rows
+        beyond ``out``'s are dropped: the embedding-truncation policy)."""
+        entry = self.entries[name]
+        if _TORCH_DTYPES.get(entry["dtype"]) == out.dtype and list(out.shape) == entry["shape"]:
+            self._pread_into(name, out)
+        else:
+            src = self.get(name)
+            out.copy_(src[: out.shape[0]] if out.dim() and src.shape[0] != out.shape[0] else src)
+
+    def _pread_into(self, name: str, out: torch.Tensor) -> None:
+        begin, end = self.entries[name]["data_offsets"]
+        if end == begin:
+            return
+        view, offset = memoryview(out.view(-1).view(torch.uint8).numpy()), self.data_start + begin
         while view.nbytes:  # pread may return less than asked for
             n = os.preadv(self.fd, [view], offset)
             if n <= 0:
                 raise OSError(f"{self.path}: unexpected end of file reading {name!r}")
             view, offset = view[n:], offset + n
-        if not buf:
-            return torch.empty(entry["shape"], dtype=dtype)
-        return torch.frombuffer(buf, dtype=dtype).reshape(entry["shape"])
 
     def close(self) -> None:
+        self._map = None  # unmapped once no view refers to it
         os.close(self.fd)
 
 
@@ -111,6 +149,15 @@ class SafetensorsFolder:
 
     def get(self, name: str) -> torch.Tensor:
         return self._file_of[name].get(name)
+
+    def read_into(self, name: str, out: torch.Tensor) -> None:
+        self._file_of[name].read_into(name, out)
+
+    def view(self, name: str) -> torch.Tensor:
+        return self._file_of[name].view(name)
+
+    def release(self, name: str) -> None:
+        self._file_of[name].release(name)
 
     def close(self) -> None:
         for f in self._files:
@@ -202,6 +249,12 @@ class LoraAdapterSource:
         base = self.base.get(name)
         delta = self.delta(name)
         return base if delta is None else base.float() + delta
+
+    def read_into(self, name: str, out: torch.Tensor) -> None:
+        self.base.read_into(name, out)
+        delta = self.delta(name)
+        if delta is not None:
+            out.add_(delta)
 
     def close(self) -> None:
         del self._handle

@@ -26,15 +26,38 @@ def task_vector(finetuned: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     return finetuned.float() - base.float()
 
 
-def tensor_generator(seed: int, tensor_name: str, model_index: int, device: str | torch.device = "cpu"):
-    """A generator whose stream depends only on (seed, tensor name, model index).
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
-    That is what makes random masks independent of thread count and of the order tensors are merged in.
-    """
+
+def tensor_key(seed: int, tensor_name: str, model_index: int) -> int:
+    """A 64-bit key that depends only on (seed, tensor name, model index): random masks drawn from it
+    do not change with thread count, device, or the order tensors are merged in."""
     digest = hashlib.sha256(f"{seed}\x00{tensor_name}\x00{model_index}".encode()).digest()
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return gen
+    return int.from_bytes(digest[:8], "little")
+
+
+def _signed64(u: int) -> int:
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+def _shift_right(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns (torch's ``>>`` is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def counter_uniform(key: int, shape, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Uniform float32 draws in [0, 1), entry j = splitmix64(key + (j + 1) * golden) >> 40, scaled by 2**-24.
+
+    A counter-based generator (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3";
+    splitmix64 by Steele et al. 2014): entry j's draw depends on (key, j) only. int64 products wrap,
+    which gives the uint64 bits. ``fused._uniform`` is the same function for the CPU kernels.
+    """
+    n = math.prod(shape)
+    z = torch.arange(1, n + 1, dtype=torch.int64, device=device) * _signed64(_GOLDEN) + _signed64(key)
+    z = (z ^ _shift_right(z, 30)) * _signed64(_MIX1)
+    z = (z ^ _shift_right(z, 27)) * _signed64(_MIX2)
+    z = z ^ _shift_right(z, 31)
+    return (_shift_right(z, 40).float() * 2.0**-24).reshape(shape)
 
 
 def _rescale(delta: torch.Tensor, kept: torch.Tensor, mode: str | None, keep_prob=None) -> torch.Tensor:
@@ -144,17 +167,16 @@ def sparsify_breadcrumbs(
     return _rescale(delta, kept, rescale, density)
 
 
-def sparsify_random(
-    delta: torch.Tensor, density: float, generator: torch.Generator, rescale: str | None = "l1"
-) -> torch.Tensor:
-    """DARE: drop each entry with probability 1 - density, then rescale the survivors.
+def sparsify_random(delta: torch.Tensor, density: float, key: int, rescale: str | None = "l1") -> torch.Tensor:
+    """DARE: drop each entry with probability 1 - density (draws from ``counter_uniform(key)``), then
+    rescale the survivors.
 
     Yu et al. 2024, https://arxiv.org/abs/2311.03099. The paper rescales by 1/density
     (``rescale="inverse_prob"``); mergekit 0.1.5 matches the L1 norm instead (``"l1"``).
     """
     if density >= 1:
         return delta
-    keep = torch.rand(delta.shape, generator=generator, device=delta.device) < density
+    keep = counter_uniform(key, delta.shape, delta.device) < density
     kept = torch.where(keep, delta, 0.0)
     return _rescale(delta, kept, rescale, density)
 
@@ -176,7 +198,7 @@ def della_keep_probabilities(delta: torch.Tensor, density: float, epsilon: float
 
 
 def sparsify_della(
-    delta: torch.Tensor, density: float, epsilon: float, generator: torch.Generator, rescale: str | None = "l1"
+    delta: torch.Tensor, density: float, epsilon: float, key: int, rescale: str | None = "l1"
 ) -> torch.Tensor:
     """DELLA's MagPrune: drop entries at random with magnitude-rank-dependent probabilities, rescale.
 
@@ -186,7 +208,7 @@ def sparsify_della(
     if density >= 1:
         return delta
     probs = della_keep_probabilities(delta, density, epsilon)
-    keep = torch.rand(delta.shape, generator=generator, device=delta.device) < probs
+    keep = counter_uniform(key, delta.shape, delta.device) < probs
     kept = torch.where(keep, delta, 0.0)
     return _rescale(delta, kept, rescale, probs)
 

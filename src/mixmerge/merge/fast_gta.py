@@ -1,0 +1,138 @@
+"""One tensor through a task-vector ("gta") method on the CPU, with the fused kernels of ``fused.py``.
+
+Two steps, so that a sweep can keep the first: ``plan_sparsity`` decides which entries each model keeps
+(thresholds, random keys, DELLA's survivors, rescale factors; it depends on densities, epsilons,
+gammas, the seed and the rescale mode, not on the weights), and ``combine_planned`` runs the one fused
+pass that sparsifies, weights, elects signs, averages and adds the base. The result equals
+``combine.merge_tensor`` on the same inputs (the torch reference; see tests/merge/test_fast_gta.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mixmerge.merge import fused as F
+from mixmerge.merge import kernels as K
+from mixmerge.merge.params import MergeParams
+
+
+@dataclass
+class SparsityPlan:
+    """What each model keeps of one tensor: per-model kernel arguments, or DELLA's survivors."""
+
+    rule: np.ndarray
+    thr: np.ndarray
+    cutoff: np.ndarray
+    lo: np.ndarray
+    density: np.ndarray
+    key: np.ndarray
+    scale: np.ndarray
+    scale_mode: int
+    survivors: torch.Tensor | None = None  # (n_models, n) sparsified deltas, DELLA only
+    inputs_finite: bool = True
+
+
+def applies(params: MergeParams, *tensors: torch.Tensor) -> bool:
+    """The fused path serves task-vector methods on contiguous float32 CPU tensors."""
+    return params.method.kind == "gta" and all(
+        t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+
+
+def _arrays(xs: Sequence[torch.Tensor]) -> tuple[np.ndarray, ...]:
+    return tuple(x.numpy() for x in xs)
+
+
+def plan_sparsity(tensor_name: str, base: torch.Tensor, xs: Sequence[torch.Tensor], params: MergeParams,
+                  *, is_delta: bool, shape: tuple[int, ...]) -> SparsityPlan:
+    """Decide what every model keeps. ``xs`` holds one flat tensor per model: full weights, or task vectors when
+    ``is_delta``; ``base`` is the flat base tensor; ``shape`` the tensor's (DELLA ranks within rows)."""
+    n_models, n = len(xs), base.numel()
+    base_np, xs_np = base.numpy(), _arrays(xs)
+    kind, rescale = params.method.sparsify, params.rescale
+    plan = SparsityPlan(rule=np.zeros(n_models, np.int64), thr=np.zeros(n_models, np.int32),
+                        cutoff=np.zeros(n_models, np.int64), lo=np.zeros(n_models, np.int32),
+                        density=np.ones(n_models, np.float32), key=np.zeros(n_models, np.uint64),
+                        scale=np.ones(n_models, np.float32),
+                        scale_mode=F.SCALE_DIV if rescale == "inverse_prob" else F.SCALE_MUL)
+    if kind == "della":
+        n_rows = shape[0] if len(shape) >= 2 else 1
+        return _plan_della(tensor_name, base, xs, params, plan, is_delta=is_delta, n_rows=n_rows)
+    for i in range(n_models):
+        density = params.densities[i]
+        if kind is None or density >= 1 or n == 0:
+            continue
+        plan.density[i] = density
+        if kind == "magnitude":
+            plan.rule[i] = F.KEEP_TOP
+            plan.thr[i], plan.cutoff[i] = F.top_k_rule(xs_np, base_np, i, is_delta, max(1, int(density * n)))
+        elif kind == "random":
+            plan.rule[i] = F.KEEP_RANDOM
+            plan.key[i] = K.tensor_key(params.seed, tensor_name, i)
+        elif kind == "breadcrumbs":
+            plan.rule[i] = F.KEEP_BAND
+            n_keep = int(density * n)
+            if n_keep == 0:
+                plan.thr[i], plan.lo[i] = -1, 0  # keeps nothing (and, as the reference, no rescale)
+                continue
+            n_bottom = max(0, n - n_keep - int(params.gammas[i] * n))
+            plan.thr[i] = F.kth_largest_bits(xs_np, base_np, i, is_delta, n - (n_bottom + n_keep) + 1)[0]
+            plan.lo[i] = F.kth_largest_bits(xs_np, base_np, i, is_delta, n - n_bottom)[0] if n_bottom else 0
+        else:
+            raise ValueError(f"unknown sparsifier {kind!r}")
+        if rescale == "l1":
+            plan.scale[i] = F.l1_factor(xs_np, base_np, i, is_delta, int(plan.rule[i]), int(plan.thr[i]),
+                                        int(plan.cutoff[i]), int(plan.lo[i]), density, int(plan.key[i]))
+        elif rescale == "inverse_prob":
+            plan.scale[i] = density
+    return plan
+
+
+def _plan_della(tensor_name, base, xs, params, plan, *, is_delta, n_rows):
+    n_models, n = len(xs), base.numel()
+    base_np, xs_np = base.numpy(), _arrays(xs)
+    survivors = torch.empty((n_models, n), dtype=torch.float32)
+    for i in range(n_models):
+        out = survivors[i].numpy()
+        density = params.densities[i]
+        if density >= 1:
+            np.subtract(xs_np[i], 0 if is_delta else base_np, out=out)
+            continue
+        before, after = F.della_sparsify(xs_np, base_np, i, is_delta, n_rows, density, params.epsilons[i],
+                                         K.tensor_key(params.seed, tensor_name, i),
+                                         params.rescale == "inverse_prob", out)
+        if not math.isfinite(before):
+            plan.inputs_finite = False
+        if params.rescale == "l1" and before >= 1e-7 and after >= 1e-7:
+            plan.scale[i] = before / after
+    plan.scale_mode = F.SCALE_MUL
+    plan.survivors = survivors
+    return plan
+
+
+def merge_planned(base: torch.Tensor, xs: Sequence[torch.Tensor], plan: SparsityPlan, params: MergeParams,
+                  *, is_delta: bool, out: torch.Tensor | None = None) -> tuple[torch.Tensor, K.KernelStats, int, int]:
+    """base + lam * the method's combination of the planned sparse task vectors (float32, flat).
+
+    Returns the merged tensor, its diagnostics, and the numbers of non-finite task-vector entries and
+    non-finite results."""
+    n_models, n = len(xs), base.numel()
+    out = torch.empty(n, dtype=torch.float32) if out is None else out
+    if plan.survivors is not None:
+        xs, is_delta = plan.survivors, True
+        rule = np.zeros(n_models, np.int64)
+    else:
+        rule = plan.rule
+    total = float(sum(params.weights))
+    normalize = params.normalize and (params.method.consensus is not None or abs(total) >= 1e-8)
+    counts = F.combine(_arrays(xs), base.numpy(), is_delta, rule, plan.thr, plan.cutoff, plan.lo, plan.density,
+                       plan.key, plan.scale, plan.scale_mode, params.weights,
+                       1 if params.method.consensus == "sum" else 0, normalize, total, params.lam, True,
+                       out.numpy())
+    kept, contested, conflicts, bad_in, bad_out = (int(c) for c in counts)
+    stats = K.KernelStats(kept / max(n_models * n, 1), conflicts / contested if contested else 0.0)
+    return out, stats, bad_in + (0 if plan.inputs_finite else 1), bad_out
