@@ -62,8 +62,10 @@ def _uniform(key, index):
 
 
 @njit(inline="always")
-def _delta(xs, base, i, j, is_delta):
-    return xs[i][j] if is_delta else xs[i][j] - base[j]
+def _delta(x, base, j, is_delta):
+    """Entry j of a task vector: ``x`` itself, or ``x - base`` (``x`` is one model's array, taken out
+    of the tuple before the loop: indexing a tuple inside a loop keeps it from vectorizing)."""
+    return x[j] if is_delta else x[j] - base[j]
 
 
 @njit(inline="always")
@@ -82,38 +84,48 @@ def _keeps(rule, d, j, thr, cutoff, lo, density, key):
 @njit(cache=True, parallel=True, nogil=True)
 def _radix_histogram(xs, base, i, is_delta, prefix, shift, width, n_parts):
     """Counts of ``(bits(|delta|) >> shift) & (2**width - 1)`` over entries whose higher bits equal
-    ``prefix`` (``prefix < 0``: all entries). One histogram per part (integer counts: the total does
+    ``prefix`` (``prefix < 0``: all entries), one histogram per part (integer counts: the total does
     not depend on how the entries are split)."""
     n = xs[0].shape[0]
     hist = np.zeros((n_parts, 1 << width), np.int64)
     mask = (1 << width) - 1
     step = (n + n_parts - 1) // n_parts
+    x = xs[i]
     for p in prange(n_parts):
         for j in range(p * step, min(n, (p + 1) * step)):
-            bits = _f32_bits(abs(_delta(xs, base, i, j, is_delta)))
+            bits = _f32_bits(abs(_delta(x, base, j, is_delta)))
             if prefix < 0 or (bits >> (shift + width)) == prefix:
                 hist[p, (bits >> shift) & mask] += 1
-    return hist.sum(axis=0)
+    return hist
 
 
 @njit(cache=True, nogil=True)
 def _nth_tied_index(xs, base, i, is_delta, thr, nth):
     """Index just past the ``nth`` (1-based) entry whose |delta| bits equal ``thr``."""
+    x = xs[i]
     seen = 0
     for j in range(xs[0].shape[0]):
-        if _f32_bits(abs(_delta(xs, base, i, j, is_delta))) == thr:
+        if _f32_bits(abs(_delta(x, base, j, is_delta))) == thr:
             seen += 1
             if seen == nth:
                 return j + 1
     return xs[0].shape[0]
 
 
-def _top_down(hist: np.ndarray, k: int) -> tuple[int, int]:
-    """The bin holding the k-th largest entry and how many entries lie in higher bins."""
-    above_incl = np.cumsum(hist[::-1])
-    pos = int(np.searchsorted(above_incl, k))  # first position (from the top) reaching k
-    b = len(hist) - 1 - pos
-    return b, int(above_incl[pos] - hist[b])
+@njit(cache=True, nogil=True)
+def _top_down(hist_parts, k):
+    """The bin holding the k-th largest entry, how many entries lie in higher bins, and the bin's
+    count, from per-part histograms (summed here)."""
+    n_parts, n_bins = hist_parts.shape
+    above = 0
+    for b in range(n_bins - 1, -1, -1):
+        count = 0
+        for p in range(n_parts):
+            count += hist_parts[p, b]
+        if above + count >= k:
+            return b, above, count
+        above += count
+    return 0, above, 0
 
 
 def kth_largest_bits(xs: np.ndarray, base: np.ndarray, i: int, is_delta: bool, k: int) -> tuple[int, int, int]:
@@ -121,10 +133,10 @@ def kth_largest_bits(xs: np.ndarray, base: np.ndarray, i: int, is_delta: bool, k
     are larger, and how many equal it. Two radix passes (16 then 15 bits), O(n), no sort."""
     n_parts = max(1, min(numba.get_num_threads(), xs[0].shape[0] // BLOCK))
     hi = _radix_histogram(xs, base, i, is_delta, -1, _LO_BITS, _HI_BITS, n_parts)
-    hi_bin, above = _top_down(hi, k)
+    hi_bin, above, _ = _top_down(hi, k)
     lo = _radix_histogram(xs, base, i, is_delta, hi_bin, 0, _LO_BITS, n_parts)
-    lo_bin, above_lo = _top_down(lo, k - above)
-    return (hi_bin << _LO_BITS) | lo_bin, above + above_lo, int(lo[lo_bin])
+    lo_bin, above_lo, tied = _top_down(lo, k - above)
+    return (int(hi_bin) << _LO_BITS) | int(lo_bin), int(above + above_lo), int(tied)
 
 
 def top_k_rule(xs: np.ndarray, base: np.ndarray, i: int, is_delta: bool, k: int) -> tuple[int, int]:
@@ -141,24 +153,6 @@ def bits_to_float(bits: int) -> float:
     return float(np.array([bits], np.int32).view(np.float32)[0])
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _abs_sums(xs, base, i, is_delta, rule, thr, cutoff, lo, density, key):
-    """Per block: sum |delta| and sum |kept delta| in float64 (the L1 rescale's norms)."""
-    n = xs[0].shape[0]
-    n_blocks = (n + BLOCK - 1) // BLOCK
-    sums = np.zeros((n_blocks, 2), np.float64)
-    for b in prange(n_blocks):
-        before, after = 0.0, 0.0
-        for j in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
-            d = _delta(xs, base, i, j, is_delta)
-            a = abs(np.float64(d))
-            before += a
-            if _keeps(rule, d, j, thr, cutoff, lo, density, key):
-                after += a
-        sums[b, 0], sums[b, 1] = before, after
-    return sums
-
-
 def l1_factor(xs, base, i, is_delta, rule, thr, cutoff, lo, density, key) -> float:
     """sum |delta| / sum |kept| (1 when either is ~0), summed in a fixed block order."""
     sums = _abs_sums(xs, base, i, is_delta, rule, thr, cutoff, lo, np.float32(density), np.uint64(key))
@@ -173,10 +167,11 @@ _TILE = 1024  # entries per tile: the per-model tiles stay in L1, so each inner 
 def _sparse_tile(xs, base, i, start, m, is_delta, rule, thr, cutoff, lo, density, key, scale, scale_mode, s_row):
     """s_row[:m] = model i's sparsified, rescaled task vector on entries start..start+m (one loop per
     rule, so each is a simple vectorizable loop); returns how many task-vector entries are not finite."""
+    x = xs[i]
     zero = np.float32(0.0)
     bad = 0
     for jj in range(m):
-        d = _delta(xs, base, i, start + jj, is_delta)
+        d = _delta(x, base, start + jj, is_delta)
         if (d - d) != zero:  # NaN or Inf
             bad += 1
         s_row[jj] = d
@@ -201,6 +196,43 @@ def _sparse_tile(xs, base, i, start, m, is_delta, rule, thr, cutoff, lo, density
         for jj in range(m):
             s_row[jj] = s_row[jj] / scale
     return bad
+
+
+@njit(inline="always")
+def _pairwise_sum(values, m):
+    """Sum of values[:m] (float64) by halving: each level is one vectorizable loop, and the order is
+    fixed, so the result does not depend on the thread count. Overwrites ``values``."""
+    while m > 1:
+        half = m // 2
+        for jj in range(half):
+            values[jj] += values[m - half + jj]
+        m -= half
+    return values[0] if m == 1 else 0.0
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _abs_sums(xs, base, i, is_delta, rule, thr, cutoff, lo, density, key):
+    """Per block: sum |delta| and sum |kept delta| in float64 (the L1 rescale's norms), by tiles."""
+    n = xs[0].shape[0]
+    n_blocks = (n + BLOCK - 1) // BLOCK
+    sums = np.zeros((n_blocks, 2), np.float64)
+    x = xs[i]
+    for b in prange(n_blocks):
+        kept = np.empty(_TILE, np.float32)
+        a_all = np.empty(_TILE, np.float64)
+        a_kept = np.empty(_TILE, np.float64)
+        before, after = 0.0, 0.0
+        for start in range(b * BLOCK, min(n, (b + 1) * BLOCK), _TILE):
+            m = min(_TILE, n - start)
+            _sparse_tile(xs, base, i, start, m, is_delta, rule, thr, cutoff, lo, density, key,
+                         np.float32(1.0), SCALE_NONE, kept)
+            for jj in range(m):
+                a_all[jj] = abs(np.float64(_delta(x, base, start + jj, is_delta)))
+                a_kept[jj] = abs(np.float64(kept[jj]))
+            before += _pairwise_sum(a_all, m)
+            after += _pairwise_sum(a_kept, m)
+        sums[b, 0], sums[b, 1] = before, after
+    return sums
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -313,6 +345,7 @@ def _della_sparsify(xs, base, i, is_delta, n_rows, density, epsilon, key, invers
     low = np.float32(density - epsilon)
     span = np.float32(2 * epsilon)
     last = np.float32(max(n_cols - 1, 1))
+    x = xs[i]
     n_parts = min(n_rows, 64)
     for part in prange(n_parts):
         k_a = np.empty(n_cols, np.uint32)
@@ -323,7 +356,7 @@ def _della_sparsify(xs, base, i, is_delta, n_rows, density, epsilon, key, invers
         for r in range(part * n_rows // n_parts, (part + 1) * n_rows // n_parts):
             start = r * n_cols
             for c in range(n_cols):
-                k_a[c] = np.uint32(_f32_bits(abs(_delta(xs, base, i, start + c, is_delta))))
+                k_a[c] = np.uint32(_f32_bits(abs(_delta(x, base, start + c, is_delta))))
                 i_a[c] = c
             src_k, src_i, dst_k, dst_i = k_a, i_a, k_b, i_b
             for shift in (0, 8, 16, 24):
@@ -332,7 +365,7 @@ def _della_sparsify(xs, base, i, is_delta, n_rows, density, epsilon, key, invers
             before, after = 0.0, 0.0
             for rank in range(n_cols):
                 j = start + src_i[rank]
-                d = _delta(xs, base, i, j, is_delta)
+                d = _delta(x, base, j, is_delta)
                 p = low + (np.float32(rank) / last) * span
                 p = min(max(p, np.float32(0.0)), np.float32(1.0))
                 s = np.float32(0.0)
