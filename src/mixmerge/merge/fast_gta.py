@@ -2,9 +2,9 @@
 
 Two steps, so that a sweep can keep the first: ``plan_sparsity`` decides which entries each model keeps
 (thresholds, random keys, DELLA's survivors, rescale factors; it depends on densities, epsilons,
-gammas, the seed and the rescale mode, not on the weights), and ``combine_planned`` runs the one fused
+gammas, the seed and the rescale mode, not on the weights), and ``merge_planned`` runs the one fused
 pass that sparsifies, weights, elects signs, averages and adds the base. The result equals
-``combine.merge_tensor`` on the same inputs (the torch reference; see tests/merge/test_fast_gta.py).
+``combine.merge_tensor`` on the same inputs (the torch reference; see tests/merge/test_fused.py).
 """
 
 from __future__ import annotations

@@ -334,16 +334,14 @@ def _radix_pass(src_k, src_i, dst_k, dst_i, hist, m, shift):
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _della_sparsify(xs, base, i, is_delta, n_rows, density, epsilon, key, inverse_prob, out):
+def _della_sparsify(xs, base, i, is_delta, n_rows, low, span, key, inverse_prob, out):
     """MagPrune for model i, row by row: rank |delta| within the row (ties by column, as a stable
     sort: an LSD radix sort of the float bits), keep with probability
-    (density - eps) + rank / (cols - 1) * 2 eps, write the survivors (divided by their probability
+    ``low`` + rank / (cols - 1) * ``span`` (low = density - eps, span = 2 eps), write the survivors (divided by their probability
     when ``inverse_prob``) to ``out``. Returns per-row float64 sums of |delta| and |survivor|."""
     n = xs[0].shape[0]
     n_cols = n // n_rows
     sums = np.zeros((n_rows, 2), np.float64)
-    low = np.float32(density - epsilon)
-    span = np.float32(2 * epsilon)
     last = np.float32(max(n_cols - 1, 1))
     x = xs[i]
     n_parts = min(n_rows, 64)
@@ -380,7 +378,8 @@ def _della_sparsify(xs, base, i, is_delta, n_rows, density, epsilon, key, invers
 
 def della_sparsify(xs, base, i, is_delta, n_rows, density, epsilon, key, inverse_prob, out) -> tuple[float, float]:
     """Write model i's MagPrune survivors into ``out``; return (sum |delta|, sum |survivors|)."""
-    sums = _della_sparsify(xs, base, i, is_delta, n_rows, np.float32(density), np.float32(epsilon),
+    # density - epsilon and 2 epsilon in double, then rounded once: as the reference's Python scalars
+    sums = _della_sparsify(xs, base, i, is_delta, n_rows, np.float32(density - epsilon), np.float32(2 * epsilon),
                            np.uint64(key), inverse_prob, out)
     return float(sums[:, 0].sum()), float(sums[:, 1].sum())
 
