@@ -382,3 +382,19 @@ def test_in_memory_equals_streamed_and_reweighting_reuses_the_plan(method, merge
     got, want = model.state_dict(), reference.state_dict()
     assert all(torch.equal(got[n], want[n]) for n in streamed)
     assert not all(torch.equal(got[n], live[n]) for n in streamed)  # the weight did change the merge
+
+
+def test_della_rank_order_when_many_keys_share_their_top_24_bits():
+    """Rows whose |delta| values agree in their top 24 bits and descend in the lowest byte: the
+    insertion pass would move O(m^2) entries, so the kernel must switch to the full radix sort; the
+    ranks (hence the survivors) must still equal the reference's stable sort."""
+    cols = 300
+    low_byte = torch.tensor([(255 - c) % 256 for c in range(cols)], dtype=torch.int32)
+    bits = (0x3C000000 + low_byte).repeat(6, 1)  # 6 rows, one top-24-bit group per 256 columns
+    bits[1::2] = 0x3C000000 + torch.arange(cols, dtype=torch.int32) % 7  # ties and few moves
+    delta = bits.view(torch.float32) * torch.tensor([1.0, -1.0]).repeat(cols // 2)
+    base = torch.zeros_like(delta)
+    params = resolve_params({"method": "della", "weights": [1.0], "density": 0.5, "epsilon": 0.4,
+                             "rescale": True, "rescale_mode": "inverse_prob", "seed": 9}, 1)
+    got, _ = _assert_matches_reference("rows", base, [base + delta], params)
+    assert int(torch.count_nonzero(got)) > 0

@@ -112,8 +112,8 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
                                     "sign_conflict_rate": round(stats.sign_conflict_rate, 6)}
                 continue
             rows = shape[0] if shape else None
-            base_t = base_src.get(name)
-            tensors = [src.get(name) for src in sources]
+            base_t = _in_place(base_src, name)
+            tensors = [_in_place(src, name) for src in sources]
             if check_finite and inputs_can_vanish:
                 _check_inputs_finite(name, base_t, tensors, labels)
             if rows is not None and base_t.shape != shape:
@@ -134,6 +134,8 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
                 per_tensor[name] = {"kept_fraction": round(stats.kept_fraction, 6),
                                     "sign_conflict_rate": round(stats.sign_conflict_rate, 6)}
             del base_t, tensors, merged
+            for src in [base_src, *sources]:
+                _release(src, name)
         writer.close()
         copy_side_files(ref_path, tmp)
         _fix_config(tmp, out_dtype, shapes, names)
@@ -165,6 +167,16 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
     return report
 
 
+def _in_place(src, name: str) -> torch.Tensor:
+    """The tensor straight from the memory-mapped file when possible (no read, no copy)."""
+    return src.view(name) if isinstance(src, SafetensorsFolder) else src.get(name)
+
+
+def _release(src, name: str) -> None:
+    if isinstance(src, SafetensorsFolder):
+        src.release(name)
+
+
 def _check_inputs_finite(name, base_t, tensors, labels) -> None:
     V.check_finite(name, base_t, "merge.base")
     for t, label in zip(tensors, labels, strict=True):
@@ -177,7 +189,8 @@ _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 class FusedBuffers:
     """Float32 buffers for the fused path, sized for the largest tensor and reused for every tensor:
     the inputs are read straight into them and the result computed into them (no allocation per
-    tensor). Peak memory: (n_models + 2) x the largest tensor."""
+    tensor). Peak memory: at most (2 n_models + 2) x the largest tensor (float32 inputs are read in place,
+    and only DELLA uses the survivors buffer)."""
 
     def __init__(self, n_models: int, shapes, names, base_src):
         largest = max((math.prod(shapes[n]) for n in names if base_src.dtype_str(n) in _FLOAT_DTYPES), default=0)
@@ -186,6 +199,7 @@ class FusedBuffers:
         self.base = torch.empty(largest, dtype=torch.float32)
         self.models = torch.empty(n_models * largest, dtype=torch.float32)
         self.out = torch.empty(largest, dtype=torch.float32)
+        self.survivors = torch.empty(n_models * largest, dtype=torch.float32)  # DELLA's
 
     def views(self, shape):
         n = math.prod(shape)
@@ -203,14 +217,15 @@ def _merge_fused(name, shape, params, base_src, sources, labels, buffers: FusedB
     flats = []
     for k, (src, direct) in enumerate(zip(srcs, zero_copy, strict=True)):
         if direct:
-            flats.append(src.view(name).reshape(-1))
+            flats.append(_in_place(src, name).reshape(-1))
         else:
             buf = base_buf if k == 0 else model_bufs[k - 1]
             src.read_into(name, buf.view(shape))
             flats.append(buf)
     base, xs = flats[0], flats[1:]
     try:
-        plan = fast_gta.plan_sparsity(name, base, xs, params, is_delta=False, shape=tuple(shape))
+        plan = fast_gta.plan_sparsity(name, base, xs, params, is_delta=False, shape=tuple(shape),
+                                      scratch=buffers.survivors)
         merged, stats, bad_in, bad_out = fast_gta.merge_planned(base, xs, plan, params, is_delta=False, out=out)
         if check_finite and bad_in:
             _check_inputs_finite(name, base.view(shape), [x.view(shape) for x in xs], labels)
@@ -221,7 +236,7 @@ def _merge_fused(name, shape, params, base_src, sources, labels, buffers: FusedB
         del flats, base, xs
         for src, direct in zip(srcs, zero_copy, strict=True):
             if direct:
-                src.release(name)
+                _release(src, name)
     return merged.view(shape), stats
 
 

@@ -48,9 +48,11 @@ def _arrays(xs: Sequence[torch.Tensor]) -> tuple[np.ndarray, ...]:
 
 
 def plan_sparsity(tensor_name: str, base: torch.Tensor, xs: Sequence[torch.Tensor], params: MergeParams,
-                  *, is_delta: bool, shape: tuple[int, ...]) -> SparsityPlan:
+                  *, is_delta: bool, shape: tuple[int, ...], scratch: torch.Tensor | None = None) -> SparsityPlan:
     """Decide what every model keeps. ``xs`` holds one flat tensor per model: full weights, or task vectors when
-    ``is_delta``; ``base`` is the flat base tensor; ``shape`` the tensor's (DELLA ranks within rows)."""
+    ``is_delta``; ``base`` is the flat base tensor; ``shape`` the tensor's (DELLA ranks within rows).
+    DELLA writes its survivors into ``scratch`` (n_models * n floats) when given: a streamed merge
+    reuses one buffer for every tensor instead of faulting in fresh pages."""
     n_models, n = len(xs), base.numel()
     base_np, xs_np = base.numpy(), _arrays(xs)
     kind, rescale = params.method.sparsify, params.rescale
@@ -61,7 +63,7 @@ def plan_sparsity(tensor_name: str, base: torch.Tensor, xs: Sequence[torch.Tenso
                         scale_mode=F.SCALE_DIV if rescale == "inverse_prob" else F.SCALE_MUL)
     if kind == "della":
         n_rows = shape[0] if len(shape) >= 2 else 1
-        return _plan_della(tensor_name, base, xs, params, plan, is_delta=is_delta, n_rows=n_rows)
+        return _plan_della(tensor_name, base, xs, params, plan, is_delta=is_delta, n_rows=n_rows, scratch=scratch)
     for i in range(n_models):
         density = params.densities[i]
         if kind is None or density >= 1 or n == 0:
@@ -92,10 +94,11 @@ def plan_sparsity(tensor_name: str, base: torch.Tensor, xs: Sequence[torch.Tenso
     return plan
 
 
-def _plan_della(tensor_name, base, xs, params, plan, *, is_delta, n_rows):
+def _plan_della(tensor_name, base, xs, params, plan, *, is_delta, n_rows, scratch):
     n_models, n = len(xs), base.numel()
     base_np, xs_np = base.numpy(), _arrays(xs)
-    survivors = torch.empty((n_models, n), dtype=torch.float32)
+    survivors = (torch.empty((n_models, n), dtype=torch.float32) if scratch is None
+                 else scratch[: n_models * n].view(n_models, n))
     for i in range(n_models):
         out = survivors[i].numpy()
         density = params.densities[i]

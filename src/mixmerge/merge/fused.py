@@ -333,12 +333,54 @@ def _radix_pass(src_k, src_i, dst_k, dst_i, hist, m, shift):
     return True
 
 
+@njit(inline="always")
+def _radix_sort(src_k, src_i, dst_k, dst_i, hist, m, shifts):
+    """LSD radix sort over the given byte shifts; returns the (keys, positions) arrays holding the result."""
+    for shift in shifts:
+        if _radix_pass(src_k, src_i, dst_k, dst_i, hist, m, np.uint32(shift)):
+            src_k, src_i, dst_k, dst_i = dst_k, dst_i, src_k, src_i
+    return src_k, src_i
+
+
+@njit(inline="always")
+def _rank_order(values, k_a, i_a, k_b, i_b, hist, m):
+    """Positions of ``values`` in ascending |value| order, ties by position (a stable sort of the float
+    bits). Three radix passes on the top 24 bits and an insertion pass for the lowest byte, which only
+    reorders keys equal in their top 24 bits (rare: 20 % faster than a fourth pass); if that pass
+    would move more than 4 m entries, the row gets the full four-pass radix sort instead."""
+    for c in range(m):
+        k_a[c] = np.uint32(_f32_bits(abs(values[c])))
+        i_a[c] = c
+    keys, order = _radix_sort(k_a, i_a, k_b, i_b, hist, m, (8, 16, 24))
+    budget = 4 * m
+    for c in range(1, m):
+        k = keys[c]
+        if keys[c - 1] > k:
+            idx = order[c]
+            pos = c
+            while pos > 0 and keys[pos - 1] > k:
+                keys[pos] = keys[pos - 1]
+                order[pos] = order[pos - 1]
+                pos -= 1
+            keys[pos] = k
+            order[pos] = idx
+            budget -= c - pos
+            if budget < 0:
+                for j in range(m):
+                    k_a[j] = np.uint32(_f32_bits(abs(values[j])))
+                    i_a[j] = j
+                return _radix_sort(k_a, i_a, k_b, i_b, hist, m, (0, 8, 16, 24))[1]
+    return order
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _della_sparsify(xs, base, i, is_delta, n_rows, low, span, key, inverse_prob, out):
     """MagPrune for model i, row by row: rank |delta| within the row (ties by column, as a stable
-    sort: an LSD radix sort of the float bits), keep with probability
-    ``low`` + rank / (cols - 1) * ``span`` (low = density - eps, span = 2 eps), write the survivors (divided by their probability
-    when ``inverse_prob``) to ``out``. Returns per-row float64 sums of |delta| and |survivor|."""
+    sort: ``_rank_order``, about half of the time), keep with probability
+    ``low + rank / (cols - 1) * span`` (low = density - eps, span = 2 eps), write the survivors
+    (divided by their probability when ``inverse_prob``) to ``out``. The row's deltas and draws are
+    computed first in simple loops (they vectorize). Returns per-row float64 sums of |delta| and
+    |survivor|."""
     n = xs[0].shape[0]
     n_cols = n // n_rows
     sums = np.zeros((n_rows, 2), np.float64)
@@ -351,23 +393,24 @@ def _della_sparsify(xs, base, i, is_delta, n_rows, low, span, key, inverse_prob,
         i_a = np.empty(n_cols, np.int32)
         i_b = np.empty(n_cols, np.int32)
         hist = np.empty(256, np.int64)
+        d_row = np.empty(n_cols, np.float32)
+        u_row = np.empty(n_cols, np.float32)
         for r in range(part * n_rows // n_parts, (part + 1) * n_rows // n_parts):
             start = r * n_cols
             for c in range(n_cols):
-                k_a[c] = np.uint32(_f32_bits(abs(_delta(x, base, start + c, is_delta))))
-                i_a[c] = c
-            src_k, src_i, dst_k, dst_i = k_a, i_a, k_b, i_b
-            for shift in (0, 8, 16, 24):
-                if _radix_pass(src_k, src_i, dst_k, dst_i, hist, n_cols, np.uint32(shift)):
-                    src_k, src_i, dst_k, dst_i = dst_k, dst_i, src_k, src_i
+                d_row[c] = _delta(x, base, start + c, is_delta)
+            for c in range(n_cols):
+                u_row[c] = _uniform(key, start + c)
+            src_i = _rank_order(d_row, k_a, i_a, k_b, i_b, hist, n_cols)
             before, after = 0.0, 0.0
             for rank in range(n_cols):
-                j = start + src_i[rank]
-                d = _delta(x, base, j, is_delta)
+                c = src_i[rank]
+                j = start + c
+                d = d_row[c]
                 p = low + (np.float32(rank) / last) * span
                 p = min(max(p, np.float32(0.0)), np.float32(1.0))
                 s = np.float32(0.0)
-                if _uniform(key, j) < p:
+                if u_row[c] < p:
                     s = d / p if inverse_prob else d
                 out[j] = s
                 before += abs(np.float64(d))
