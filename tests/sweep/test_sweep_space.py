@@ -6,7 +6,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from hydra_plugins.mixmerge_optuna_sweeper.sweeper import parse_params
+from hydra_plugins.mixmerge_optuna_sweeper._impl import parse_params
 from mixmerge.sweep import space as sp
 
 SPACES = Path(__file__).resolve().parents[2] / "conf" / "hparams_search" / "space"

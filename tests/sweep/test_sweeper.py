@@ -14,7 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from hydra_plugins.mixmerge_optuna_sweeper.sweeper import launcher_parallelism
+from hydra_plugins.mixmerge_optuna_sweeper._impl import launcher_parallelism
 from mixmerge.sweep import study as st
 
 TOY_APP = Path(__file__).parent / "toy_app" / "app.py"
@@ -214,12 +214,12 @@ def test_plugin_is_discovered_from_the_installed_package(tmp_path):
 
 
 def _sweeper(**kw):
-    from hydra_plugins.mixmerge_optuna_sweeper.sweeper import MixmergeOptunaSweeper
+    from hydra_plugins.mixmerge_optuna_sweeper._impl import OptunaSweeperImpl
 
     args = dict(sampler=None, direction="maximize", storage=None, study_name="s", n_trials=1, n_jobs=1, seed=0,
                 params={}, spaces={}, space=None, constraints=[], domains={}, promotion=None, stale_after_s=None,
                 max_failures=None, report=False)
-    return MixmergeOptunaSweeper(**{**args, **kw})
+    return OptunaSweeperImpl(**{**args, **kw})
 
 
 def test_spaces_params_and_their_precedence():

@@ -1,1 +1,1 @@
-"""mixmerge's Optuna sweeper for Hydra (``hydra/sweeper=mixmerge_optuna``); see sweeper.py for why."""
+"""mixmerge's Optuna sweeper for Hydra (``hydra/sweeper=mixmerge_optuna``); see _impl.py for why."""

@@ -87,7 +87,7 @@ def _radix_histogram(xs, base, i, is_delta, prefix, shift, width, n_parts):
     ``prefix`` (``prefix < 0``: all entries), one histogram per part (integer counts: the total does
     not depend on how the entries are split)."""
     n = xs[0].shape[0]
-    hist = np.zeros((n_parts, 1 << width), np.int64)
+    hist = np.zeros((n_parts, 1 << width), np.int32)  # int32: a part holds fewer than 2**31 entries
     mask = (1 << width) - 1
     step = (n + n_parts - 1) // n_parts
     x = xs[i]
@@ -128,15 +128,43 @@ def _top_down(hist_parts, k):
     return 0, above, 0
 
 
-def kth_largest_bits(xs: np.ndarray, base: np.ndarray, i: int, is_delta: bool, k: int) -> tuple[int, int, int]:
-    """Exact selection of the k-th largest |delta_i| (1 <= k <= n): its float bits, how many entries
-    are larger, and how many equal it. Two radix passes (16 then 15 bits), O(n), no sort."""
-    n_parts = max(1, min(numba.get_num_threads(), xs[0].shape[0] // BLOCK))
+_SMALL = 4096  # up to this many entries, a sort of the bits is cheaper than two 2**16-bin histograms
+
+
+@njit(cache=True, nogil=True)
+def _select_kth(xs, base, i, is_delta, k, n_parts):
+    n = xs[0].shape[0]
+    if n <= _SMALL:
+        x = xs[i]
+        bits = np.empty(n, np.int32)
+        for j in range(n):
+            bits[j] = _f32_bits(abs(_delta(x, base, j, is_delta)))
+        bits.sort()
+        thr = bits[n - k]
+        above, tied = 0, 0
+        for j in range(n):
+            if bits[j] > thr:
+                above += 1
+            elif bits[j] == thr:
+                tied += 1
+        return thr, above, tied
     hi = _radix_histogram(xs, base, i, is_delta, -1, _LO_BITS, _HI_BITS, n_parts)
     hi_bin, above, _ = _top_down(hi, k)
     lo = _radix_histogram(xs, base, i, is_delta, hi_bin, 0, _LO_BITS, n_parts)
     lo_bin, above_lo, tied = _top_down(lo, k - above)
-    return (int(hi_bin) << _LO_BITS) | int(lo_bin), int(above + above_lo), int(tied)
+    return np.int32((hi_bin << _LO_BITS) | lo_bin), above + above_lo, tied
+
+
+def kth_largest_bits(xs: np.ndarray, base: np.ndarray, i: int, is_delta: bool, k: int) -> tuple[int, int, int]:
+    """Exact selection of the k-th largest |delta_i| (1 <= k <= n): its float bits, how many entries
+    are larger, and how many equal it. Two radix passes (16 then 15 bits), O(n), no sort (small
+    tensors: a sort of their bits)."""
+    n = xs[0].shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} is outside [1, {n}]")
+    n_parts = max(1, min(numba.get_num_threads(), n // BLOCK))
+    thr, above, tied = _select_kth(xs, base, i, is_delta, k, n_parts)
+    return int(thr), int(above), int(tied)
 
 
 def top_k_rule(xs: np.ndarray, base: np.ndarray, i: int, is_delta: bool, k: int) -> tuple[int, int]:

@@ -7,6 +7,9 @@ one of the few kernels that do not fit it (``slerp``, ``model_stock``, ``fisher_
 Magnitude trimming uses a selection (``kth_largest``) for the threshold instead of a full sort:
 O(n) instead of O(n log n). Ties at the threshold are broken by index (lowest first), so exactly
 ``int(density * n)`` entries are kept, as with a stable sort.
+
+These functions are the reference: on a GPU the merge runs them as they are; on a CPU the task-vector
+methods run through the fused kernels of ``fused.py``, tested equal to these (tests/merge/test_fused.py).
 """
 
 from __future__ import annotations
