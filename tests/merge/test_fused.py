@@ -398,3 +398,21 @@ def test_della_rank_order_when_many_keys_share_their_top_24_bits():
                              "rescale": True, "rescale_mode": "inverse_prob", "seed": 9}, 1)
     got, _ = _assert_matches_reference("rows", base, [base + delta], params)
     assert int(torch.count_nonzero(got)) > 0
+
+
+def test_in_memory_della_new_density_reuses_rank_orders(tiny_base, specialists):
+    """The second DELLA trial (another density, epsilon and seed) reads the rank orders stored by the
+    first instead of sorting, and gives exactly what a fresh merger computes for it."""
+    from mixmerge.models import load_model
+
+    tiny_model = load_model(tiny_base)
+    cfg = {"method": "della", "density": 0.5, "epsilon": 0.1, "weight": 0.4, "seed": 1}
+    second = {**cfg, "density": 0.3, "epsilon": 0.2, "seed": 2}
+    merger = InMemoryMerger(tiny_base, specialists)
+    merger.merge_into(tiny_model, cfg)
+    assert merger._rank_orders and all(o is not None for orders in merger._rank_orders.values() for o in orders)
+    merger.merge_into(tiny_model, second)
+    reused = {k: v.detach().clone() for k, v in tiny_model.state_dict().items()}
+    InMemoryMerger(tiny_base, specialists, cache_sparse=False).merge_into(tiny_model, second)
+    for name, value in tiny_model.state_dict().items():
+        assert torch.equal(value, reused[name]), name

@@ -48,11 +48,14 @@ def _arrays(xs: Sequence[torch.Tensor]) -> tuple[np.ndarray, ...]:
 
 
 def plan_sparsity(tensor_name: str, base: torch.Tensor, xs: Sequence[torch.Tensor], params: MergeParams,
-                  *, is_delta: bool, shape: tuple[int, ...], scratch: torch.Tensor | None = None) -> SparsityPlan:
+                  *, is_delta: bool, shape: tuple[int, ...], scratch: torch.Tensor | None = None,
+                  rank_orders: list | None = None) -> SparsityPlan:
     """Decide what every model keeps. ``xs`` holds one flat tensor per model: full weights, or task vectors when
     ``is_delta``; ``base`` is the flat base tensor; ``shape`` the tensor's (DELLA ranks within rows).
     DELLA writes its survivors into ``scratch`` (n_models * n floats) when given: a streamed merge
-    reuses one buffer for every tensor instead of faulting in fresh pages."""
+    reuses one buffer for every tensor instead of faulting in fresh pages. ``rank_orders`` (a list with
+    one slot per model, kept by the caller across calls on the same task vectors) stores DELLA's
+    per-row rank orders on the first call and reuses them after: a sweep re-plans without sorting."""
     n_models, n = len(xs), base.numel()
     base_np, xs_np = base.numpy(), _arrays(xs)
     kind, rescale = params.method.sparsify, params.rescale
@@ -63,7 +66,8 @@ def plan_sparsity(tensor_name: str, base: torch.Tensor, xs: Sequence[torch.Tenso
                         scale_mode=F.SCALE_DIV if rescale == "inverse_prob" else F.SCALE_MUL)
     if kind == "della":
         n_rows = shape[0] if len(shape) >= 2 else 1
-        return _plan_della(tensor_name, base, xs, params, plan, is_delta=is_delta, n_rows=n_rows, scratch=scratch)
+        return _plan_della(tensor_name, base, xs, params, plan, is_delta=is_delta, n_rows=n_rows, scratch=scratch,
+                           rank_orders=rank_orders)
     for i in range(n_models):
         density = params.densities[i]
         if kind is None or density >= 1 or n == 0:
@@ -94,7 +98,7 @@ def plan_sparsity(tensor_name: str, base: torch.Tensor, xs: Sequence[torch.Tenso
     return plan
 
 
-def _plan_della(tensor_name, base, xs, params, plan, *, is_delta, n_rows, scratch):
+def _plan_della(tensor_name, base, xs, params, plan, *, is_delta, n_rows, scratch, rank_orders):
     n_models, n = len(xs), base.numel()
     base_np, xs_np = base.numpy(), _arrays(xs)
     survivors = (torch.empty((n_models, n), dtype=torch.float32) if scratch is None
@@ -105,9 +109,16 @@ def _plan_della(tensor_name, base, xs, params, plan, *, is_delta, n_rows, scratc
         if density >= 1:
             np.subtract(xs_np[i], 0 if is_delta else base_np, out=out)
             continue
+        orders, mode = None, F.SORT
+        if rank_orders is not None:
+            if rank_orders[i] is None:
+                rank_orders[i], mode = np.empty(n, np.int32), F.SORT_AND_STORE
+            else:
+                mode = F.USE_STORED
+            orders = rank_orders[i]
         before, after = F.della_sparsify(xs_np, base_np, i, is_delta, n_rows, density, params.epsilons[i],
                                          K.tensor_key(params.seed, tensor_name, i),
-                                         params.rescale == "inverse_prob", out)
+                                         params.rescale == "inverse_prob", out, orders, mode)
         if not math.isfinite(before):
             plan.inputs_finite = False
         if params.rescale == "l1" and before >= 1e-7 and after >= 1e-7:

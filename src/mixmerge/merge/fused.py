@@ -263,6 +263,26 @@ def _abs_sums(xs, base, i, is_delta, rule, thr, cutoff, lo, density, key):
     return sums
 
 
+@njit(inline="always")
+def _mix(total, pos, neg, div_pos, div_neg, consensus, normalize, total_w, lam):
+    """One position's combination of its weighted task-vector entries, from their sum, the sums of
+    their positive and negative parts, and the weights of the models on either side."""
+    zero, one = np.float32(0.0), np.float32(1.0)
+    if consensus == 0:
+        mixed = total
+        if normalize:
+            mixed = mixed / total_w
+    else:
+        elected_positive = (pos + neg) >= zero
+        mixed = pos if elected_positive else neg
+        if normalize:  # the disjoint mean: divide by the agreeing models' weights
+            divisor = div_pos if elected_positive else div_neg
+            mixed = mixed / (divisor if divisor != zero else one)
+    if lam != one:
+        mixed = mixed * lam
+    return mixed
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _combine(xs, base, is_delta, rule, thr, cutoff, lo, density, key, scale, scale_mode, w,
              consensus, normalize, total_w, lam, add_base, out):
@@ -291,6 +311,27 @@ def _combine(xs, base, is_delta, rule, thr, cutoff, lo, density, key, scale, sca
             for i in range(n_models):
                 bad_in += _sparse_tile(xs, base, i, start, m, is_delta, rule[i], thr[i], cutoff[i], lo[i],
                                        density[i], key[i], scale[i], scale_mode, sparse[i])
+            if n_models == 2:  # the common case, in registers (no accumulator arrays)
+                s0_row, s1_row = sparse[0], sparse[1]
+                w0, w1 = w[0], w[1]
+                for jj in range(m):
+                    s0, s1 = s0_row[jj], s1_row[jj]
+                    t0, t1 = s0 * w0, s1 * w1
+                    mixed = _mix((zero + t0) + t1, (zero + max(t0, zero)) + max(t1, zero),
+                                 (zero + min(t0, zero)) + min(t1, zero),
+                                 (zero + (w0 if t0 > zero else zero)) + (w1 if t1 > zero else zero),
+                                 (zero + (w0 if t0 < zero else zero)) + (w1 if t1 < zero else zero),
+                                 consensus, normalize, total_w, lam)
+                    if add_base:
+                        mixed = mixed + base[start + jj]
+                    out[start + jj] = mixed
+                    bad += 1 if (mixed - mixed) != zero else 0
+                    n_p = (1 if s0 > zero else 0) + (1 if s1 > zero else 0)
+                    n_n = (1 if s0 < zero else 0) + (1 if s1 < zero else 0)
+                    kept += n_p + n_n
+                    contested += 1 if n_p + n_n == 2 else 0
+                    conflicts += 1 if n_p == 1 and n_n == 1 else 0
+                continue
             tot[:m] = zero
             pos[:m] = zero
             neg[:m] = zero
@@ -311,18 +352,7 @@ def _combine(xs, base, is_delta, rule, thr, cutoff, lo, density, key, scale, sca
                     n_pos[jj] += 1 if s > zero else 0
                     n_neg[jj] += 1 if s < zero else 0
             for jj in range(m):
-                if consensus == 0:
-                    mixed = tot[jj]
-                    if normalize:
-                        mixed = mixed / total_w
-                else:
-                    elected_positive = (pos[jj] + neg[jj]) >= zero
-                    mixed = pos[jj] if elected_positive else neg[jj]
-                    if normalize:  # the disjoint mean: divide by the agreeing models' weights
-                        divisor = div_pos[jj] if elected_positive else div_neg[jj]
-                        mixed = mixed / (divisor if divisor != zero else one)
-                if lam != one:
-                    mixed = mixed * lam
+                mixed = _mix(tot[jj], pos[jj], neg[jj], div_pos[jj], div_neg[jj], consensus, normalize, total_w, lam)
                 if add_base:
                     mixed = mixed + base[start + jj]
                 out[start + jj] = mixed
@@ -401,10 +431,15 @@ def _rank_order(values, k_a, i_a, k_b, i_b, hist, m):
     return order
 
 
+# What _della_sparsify does with ``orders`` (each row's columns in ascending |delta| order): sort and
+# forget, sort and store, or read the stored order (a sweep re-plans DELLA without sorting again).
+SORT, SORT_AND_STORE, USE_STORED = 0, 1, 2
+
+
 @njit(cache=True, parallel=True, nogil=True)
-def _della_sparsify(xs, base, i, is_delta, n_rows, low, span, key, inverse_prob, out):
+def _della_sparsify(xs, base, i, is_delta, n_rows, low, span, key, inverse_prob, orders, order_mode, out):
     """MagPrune for model i, row by row: rank |delta| within the row (ties by column, as a stable
-    sort: ``_rank_order``, about half of the time), keep with probability
+    sort: ``_rank_order``, about half of the time, unless ``orders`` holds it), keep with probability
     ``low + rank / (cols - 1) * span`` (low = density - eps, span = 2 eps), write the survivors
     (divided by their probability when ``inverse_prob``) to ``out``. The row's deltas and draws are
     computed first in simple loops (they vectorize). Returns per-row float64 sums of |delta| and
@@ -415,6 +450,9 @@ def _della_sparsify(xs, base, i, is_delta, n_rows, low, span, key, inverse_prob,
     last = np.float32(max(n_cols - 1, 1))
     x = xs[i]
     n_parts = min(n_rows, 64)
+    keep_prob = np.empty(n_cols, np.float32)  # by rank: the same float32 steps as the reference
+    for rank in range(n_cols):
+        keep_prob[rank] = min(max(low + (np.float32(rank) / last) * span, np.float32(0.0)), np.float32(1.0))
     for part in prange(n_parts):
         k_a = np.empty(n_cols, np.uint32)
         k_b = np.empty(n_cols, np.uint32)
@@ -429,29 +467,40 @@ def _della_sparsify(xs, base, i, is_delta, n_rows, low, span, key, inverse_prob,
                 d_row[c] = _delta(x, base, start + c, is_delta)
             for c in range(n_cols):
                 u_row[c] = _uniform(key, start + c)
-            src_i = _rank_order(d_row, k_a, i_a, k_b, i_b, hist, n_cols)
+            if order_mode == USE_STORED:
+                for c in range(n_cols):
+                    i_a[c] = orders[start + c]
+                order = i_a
+            else:
+                order = _rank_order(d_row, k_a, i_a, k_b, i_b, hist, n_cols)
+                if order_mode == SORT_AND_STORE:
+                    for c in range(n_cols):
+                        orders[start + c] = order[c]
             before, after = 0.0, 0.0
             for rank in range(n_cols):
-                c = src_i[rank]
-                j = start + c
+                c = order[rank]
                 d = d_row[c]
-                p = low + (np.float32(rank) / last) * span
-                p = min(max(p, np.float32(0.0)), np.float32(1.0))
-                s = np.float32(0.0)
-                if u_row[c] < p:
-                    s = d / p if inverse_prob else d
-                out[j] = s
+                p = keep_prob[rank]
+                kept = d / p if inverse_prob else d
+                s = kept if u_row[c] < p else np.float32(0.0)  # a select, not a branch: u is random
+                out[start + c] = s
                 before += abs(np.float64(d))
                 after += abs(np.float64(s))
             sums[r, 0], sums[r, 1] = before, after
     return sums
 
 
-def della_sparsify(xs, base, i, is_delta, n_rows, density, epsilon, key, inverse_prob, out) -> tuple[float, float]:
-    """Write model i's MagPrune survivors into ``out``; return (sum |delta|, sum |survivors|)."""
+def della_sparsify(xs, base, i, is_delta, n_rows, density, epsilon, key, inverse_prob, out,
+                   orders: np.ndarray | None = None, order_mode: int = SORT) -> tuple[float, float]:
+    """Write model i's MagPrune survivors into ``out``; return (sum |delta|, sum |survivors|).
+
+    ``orders`` (int32, one entry per element) receives each row's rank order with ``SORT_AND_STORE``
+    and supplies it with ``USE_STORED``."""
+    if orders is None:
+        orders, order_mode = np.empty(1, np.int32), SORT
     # density - epsilon and 2 epsilon in double, then rounded once: as the reference's Python scalars
     sums = _della_sparsify(xs, base, i, is_delta, n_rows, np.float32(density - epsilon), np.float32(2 * epsilon),
-                           np.uint64(key), inverse_prob, out)
+                           np.uint64(key), inverse_prob, orders, order_mode, out)
     return float(sums[:, 0].sum()), float(sums[:, 1].sum())
 
 

@@ -23,12 +23,17 @@ class InMemoryMerger:
 
     def __init__(self, base: str | Path, models: Sequence[str | Path], device: str | torch.device = "cpu",
                  *, cache_sparse: bool = True):
-        """``cache_sparse`` keeps the last trial's sparsified task vectors (one more copy of the deltas),
-        so trials that change only weights, lambda or normalize skip the sparsification."""
+        """``cache_sparse`` keeps the last trial's sparsity plan (on a CPU: thresholds and, for DELLA, its
+        survivors, one more copy of the deltas; on a GPU: the sparsified task vectors), so trials that
+        change only weights, lambda or normalize skip the sparsification; and, on a CPU, DELLA's per-row
+        rank orders (4 bytes per entry), so a DELLA trial with a new density or epsilon skips the sort."""
         self.device = torch.device(device)
         self.cache_sparse = cache_sparse
         self._sparse_key: tuple | None = None
         self._sparse: dict[str, torch.Tensor] = {}
+        # DELLA's per-row rank orders (int32 per entry) depend only on the task vectors: computed on the
+        # first DELLA trial and reused by every later one, whatever its density, epsilon or seed.
+        self._rank_orders: dict[str, list] = {}
         self.base_path = Path(base)
         self.model_paths = [Path(m) for m in models]
         V.check_architectures(self.base_path, self.model_paths, "strict")
@@ -124,7 +129,9 @@ class InMemoryMerger:
         rows = list(deltas.reshape(deltas.shape[0], -1))
         plan = cache.get(name) if cache is not None else None
         if plan is None:
-            plan = fast_gta.plan_sparsity(name, flat_base, rows, params, is_delta=True, shape=tuple(base.shape))
+            orders = self._rank_orders.setdefault(name, [None] * len(rows)) if self.cache_sparse else None
+            plan = fast_gta.plan_sparsity(name, flat_base, rows, params, is_delta=True, shape=tuple(base.shape),
+                                          rank_orders=orders)
             if cache is not None:
                 cache[name] = plan
         direct = (target is not None and target.dtype == torch.float32 and target.device.type == "cpu"
