@@ -295,7 +295,7 @@ def _combine(xs, base, is_delta, rule, thr, cutoff, lo, density, key, scale, sca
     n_models, n = len(xs), xs[0].shape[0]
     n_blocks = (n + BLOCK - 1) // BLOCK
     counts = np.zeros((n_blocks, 5), np.int64)
-    zero, one = np.float32(0.0), np.float32(1.0)
+    zero = np.float32(0.0)
     for b in prange(n_blocks):
         sparse = np.empty((n_models, _TILE), np.float32)
         tot = np.empty(_TILE, np.float32)

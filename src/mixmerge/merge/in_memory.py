@@ -30,10 +30,11 @@ class InMemoryMerger:
         self.device = torch.device(device)
         self.cache_sparse = cache_sparse
         self._sparse_key: tuple | None = None
-        self._sparse: dict[str, torch.Tensor] = {}
+        self._sparse: dict[str, Any] = {}  # tensor name -> plan (CPU) or sparsified task vectors (GPU)
         # DELLA's per-row rank orders (int32 per entry) depend only on the task vectors: computed on the
         # first DELLA trial and reused by every later one, whatever its density, epsilon or seed.
         self._rank_orders: dict[str, list] = {}
+        self._recycled: dict[str, fast_gta.SparsityPlan] = {}
         self.base_path = Path(base)
         self.model_paths = [Path(m) for m in models]
         V.check_architectures(self.base_path, self.model_paths, "strict")
@@ -89,12 +90,13 @@ class InMemoryMerger:
                 raise ValueError("merge.method=fisher needs merge.fisher_paths, one Fisher folder per model")
             fishers = self._fishers(paths)
         cache = None
+        fused = kind == "gta" and self.device.type == "cpu"
         if kind == "gta" and self.cache_sparse:
             key = sparsity_key(params)
-            if self._sparse_key != key:
+            if self._sparse_key != key:  # on a CPU the old plans' DELLA survivors become the new plans' buffers
+                self._recycled = self._sparse if fused else {}
                 self._sparse_key, self._sparse = key, {}
             cache = self._sparse
-        fused = kind == "gta" and self.device.type == "cpu"
         for name, base in self.base.items():
             deltas = self.deltas[name]
             if fused:
@@ -130,8 +132,10 @@ class InMemoryMerger:
         plan = cache.get(name) if cache is not None else None
         if plan is None:
             orders = self._rank_orders.setdefault(name, [None] * len(rows)) if self.cache_sparse else None
+            old = self._recycled.pop(name, None)
+            scratch = old.survivors.view(-1) if old is not None and old.survivors is not None else None
             plan = fast_gta.plan_sparsity(name, flat_base, rows, params, is_delta=True, shape=tuple(base.shape),
-                                          rank_orders=orders)
+                                          rank_orders=orders, scratch=scratch)
             if cache is not None:
                 cache[name] = plan
         direct = (target is not None and target.dtype == torch.float32 and target.device.type == "cpu"
