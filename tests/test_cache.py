@@ -35,6 +35,32 @@ def test_second_request_is_a_hit_and_manifest_records_config(tmp_path):
     assert "torch" in manifest["versions"] and manifest["build_seconds"] >= 0
 
 
+def test_refresh_rebuilds_and_replaces_the_artifact(tmp_path):
+    """eval.cache=false: the artifact is built again and the new one replaces the old as a whole."""
+    store, calls = ArtifactStore(tmp_path), []
+
+    def build(work: Path):
+        calls.append(work)
+        (work / "out.txt").write_text(f"build {len(calls)}")
+
+    first = store.get_or_build("eval", {"n": 1}, build)
+    again = store.get_or_build("eval", {"n": 1}, build, refresh=True)
+    assert len(calls) == 2 and not again.reused and again.path == first.path
+    assert (again.path / "out.txt").read_text() == "build 2"
+    assert store.get_or_build("eval", {"n": 1}, build).reused and len(calls) == 2
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir() if not p.name.endswith(".lock")) == [first.path.name]
+
+
+def test_eval_cache_key_ignores_settings_that_do_not_change_results():
+    from mixmerge.eval.suite import eval_cache_config
+
+    cfg = {"seed": 0, "humaneval": {"limit": 16}, "workers": 2, "cache": True, "samples": None, "bleu": {}}
+    assert eval_cache_config(cfg) == {"seed": 0, "humaneval": {"limit": 16}}
+    assert content_key("eval", eval_cache_config({**cfg, "workers": 8, "cache": False})) == \
+        content_key("eval", eval_cache_config(cfg))
+    assert content_key("eval", eval_cache_config({**cfg, "seed": 1})) != content_key("eval", eval_cache_config(cfg))
+
+
 @pytest.mark.parametrize("change", [{"lr": 2e-4}, {"seed": 1}, {"data": "other"}])
 def test_what_matters_changes_the_key(change):
     config = {"lr": 1e-4, "seed": 0, "data": "d1"}

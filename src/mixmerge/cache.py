@@ -98,22 +98,24 @@ class ArtifactStore:
         inputs: Mapping[str, str] | None = None,
         resumable: bool = False,
         label: str | None = None,
+        refresh: bool = False,
     ) -> Artifact:
         """Return the artifact for ``(kind, config, inputs)``, calling ``build(work_dir)`` on a miss.
 
         ``build`` writes the artifact's files into ``work_dir`` and may return extra manifest fields.
         With ``resumable=True`` a work folder left by an interrupted build is handed back to ``build``
-        (so it can resume from its checkpoints); otherwise it is wiped first.
+        (so it can resume from its checkpoints); otherwise it is wiped first. ``refresh=True`` builds
+        even on a hit and replaces the stored artifact (as a whole, when the new one is complete).
         """
         key = content_key(kind, config, inputs)
         label = label or kind
-        found = self.lookup(kind, key)
+        found = None if refresh else self.lookup(kind, key)
         if found is not None:
             log.info("cache hit: %s %s -> %s", label, key, found.path)
             return found
         (self.root / kind).mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root / kind / f".{key}.lock")):
-            found = self.lookup(kind, key)  # another process may have finished it while we waited
+            found = None if refresh else self.lookup(kind, key)  # another process may have built it meanwhile
             if found is not None:
                 log.info("cache hit (built by another process): %s %s", label, key)
                 return found
@@ -138,6 +140,12 @@ class ArtifactStore:
             }
             write_json_atomic(work / MANIFEST, manifest)
             final = self.path_for(kind, key)
+            old = final.with_name(f".{final.name}.old") if final.exists() else None
+            if old is not None:  # refresh: swap the new artifact in, then drop the old one
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
             os.replace(work, final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
             log.info("built %s %s in %.1f s -> %s", label, key, manifest["build_seconds"], final)
             return Artifact(kind, key, final, manifest, reused=False)

@@ -139,10 +139,12 @@ def merged_in_memory(cfg, store, base: BaseModel, specialists: Sequence[Variant]
 def ensure_evaluation(cfg, store, variant: Variant, heldout: Mapping[str, Sequence]) -> dict[str, float]:
     """Evaluate ``variant`` (cached by the model's key, the eval config and the held-out data)."""
     from mixmerge.eval import aggregate, evaluate_model
+    from mixmerge.eval.suite import eval_cache_config
 
     eval_cfg = cfg["eval"]
     data_keys = {t: getattr(h, "key", None) for t, h in heldout.items()}
-    key_config = {"eval": eval_cfg, "prompt_style": cfg["model"]["prompt_style"], "data": data_keys}
+    key_config = {"eval": eval_cache_config(eval_cfg), "prompt_style": cfg["model"]["prompt_style"],
+                  "data": data_keys}
 
     def build(work: Path) -> dict:
         model = variant.load() if variant.load else load_model(variant.path, dtype=cfg["model"]["dtype"])
@@ -157,7 +159,7 @@ def ensure_evaluation(cfg, store, variant: Variant, heldout: Mapping[str, Sequen
         return {"model_path": str(variant.path) if variant.path else "in-memory merge"}
 
     art = store.get_or_build("eval", key_config, build, inputs={"model": variant.key},
-                             label=f"evaluation of {variant.name}")
+                             label=f"evaluation of {variant.name}", refresh=not eval_cfg.get("cache", True))
     return json.loads((art.path / "metrics.json").read_text())
 
 

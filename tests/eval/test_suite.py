@@ -1,14 +1,12 @@
 import json
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mixmerge.data.example import Example
 from mixmerge.eval import aggregate, describe_subsets, evaluate_model
-from mixmerge.eval import suite as suite_module
-from mixmerge.eval.suite import model_fingerprint, pass_at_k_table
+from mixmerge.eval.suite import pass_at_k_table
 
 CONF = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "conf" / "eval")
 
@@ -81,39 +79,6 @@ def test_sampled_pass_at_k_is_added_when_n_above_one(tiny_model, tmp_path):
     assert set(metrics) == {"codegen/humaneval_pass@1", "codegen/humaneval_pass@2"}  # k=10 > n is skipped
     modes = [json.loads(line)["mode"] for line in (tmp_path / "humaneval.jsonl").read_text().splitlines()]
     assert modes == ["greedy", "sampled", "sampled", "sampled"]
-
-
-def test_results_are_cached_per_model_and_config(tiny_model, tmp_path, monkeypatch):
-    from mixmerge.cache import ArtifactStore
-
-    model, tok = tiny_model
-    store = ArtifactStore(tmp_path / "cache")
-    cfg = tiny_eval_cfg(**{"humaneval.limit": 1, "codesum.limit": 1})
-    first = evaluate_model(model, tok, eval_cfg=cfg, heldout=HELDOUT, prompt_style="completion",
-                           out_dir=tmp_path / "a", store=store)
-
-    def no_generation(*_a, **_k):
-        raise AssertionError("a cached evaluation must not generate again")
-
-    monkeypatch.setattr(suite_module, "generate", no_generation)
-    again = evaluate_model(model, tok, eval_cfg={**cfg, "workers": 1}, heldout=HELDOUT, prompt_style="completion",
-                           out_dir=tmp_path / "b", store=store)
-    assert again == first and (tmp_path / "b" / "humaneval.jsonl").is_file()
-    with pytest.raises(AssertionError, match="cached"):  # another eval config is another artifact
-        evaluate_model(model, tok, eval_cfg=tiny_eval_cfg(**{"humaneval.limit": 2}), heldout=HELDOUT,
-                       prompt_style="completion", out_dir=None, store=store)
-
-
-def test_model_fingerprint_follows_the_weights(tiny_model):
-    model, _ = tiny_model
-    before = model_fingerprint(model)
-    assert before == model_fingerprint(model)
-    with torch.no_grad():
-        param = next(model.parameters())
-        param[0, 0] += 1.0
-        changed = model_fingerprint(model)
-        param[0, 0] -= 1.0
-    assert changed != before
 
 
 def test_none_returns_empty_and_quick_reports_losses_only(tiny_model):

@@ -9,18 +9,14 @@ never generates or executes twice for the same model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from mixmerge.cache import ArtifactStore, canonical_json, write_json_atomic
+from mixmerge.cache import write_json_atomic
 from mixmerge.data.example import Example, render_prompt
 from mixmerge.eval.generate import generate
 from mixmerge.eval.loss import heldout_loss
@@ -38,8 +34,8 @@ from mixmerge.eval.sandbox import run_programs
 
 log = logging.getLogger(__name__)
 
-# Keys that do not change what is computed (only how fast or where), left out of the cache key.
-_NOT_IN_KEY = ("workers", "samples", "bleu", "cache", "aggregate")
+# Keys that do not change what is computed (only how fast, whether to cache, or strategy=score's inputs).
+_NOT_IN_KEY = ("workers", "cache", "samples", "bleu")
 
 
 def write_jsonl_atomic(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -47,16 +43,6 @@ def write_jsonl_atomic(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
     tmp.replace(path)
-
-
-def model_fingerprint(model) -> str:
-    """A hash of the model's weights (names, shapes, dtypes and bytes): the cache identity of a model."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()[:20]
 
 
 def _problem_prompt(problem: CodeProblem, tokenizer, style: str) -> str:
@@ -205,9 +191,10 @@ def describe_subsets(eval_cfg: Mapping) -> str:
     return f"Evaluated on {', '.join(parts)} (seed {seed}); pass@1 greedy{sampling}.{full}"
 
 
-def _heldout_digest(heldout: Mapping[str, Sequence[Example]]) -> str:
-    payload = {task: [ex.to_dict() for ex in examples] for task, examples in sorted(heldout.items())}
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:20]
+def eval_cache_config(eval_cfg: Mapping) -> dict:
+    """The part of an eval config that can change its results: the evaluation cache key (how many
+    sandbox workers run, whether to cache, and the ``strategy=score`` inputs are left out)."""
+    return {k: v for k, v in dict(eval_cfg).items() if k not in _NOT_IN_KEY}
 
 
 def evaluate_model(
@@ -218,35 +205,18 @@ def evaluate_model(
     heldout: Mapping[str, Sequence[Example]],
     prompt_style: str,
     out_dir: Path | None,
-    store: ArtifactStore | None = None,
-    model_key: str | None = None,
 ) -> dict[str, float]:
     """Every configured metric for one model; ``{}`` when evaluation is disabled (``eval=none``).
 
-    Per-problem JSONL and ``eval_summary.json`` go into ``out_dir`` when given. With ``store`` the result
-    is cached by ``model_key`` (default: a hash of the weights) and the evaluation config; the pipeline
-    may instead cache around this call, as it knows the variant's key.
+    Per-problem JSONL and ``eval_summary.json`` go into ``out_dir`` when given (the pipeline caches
+    around this call, by the variant's artifact key: see ``pipeline.ensure_evaluation``).
     """
     eval_cfg = dict(eval_cfg or {})
     if not eval_cfg.get("enabled", True):
         return {}
-    if store is None or not eval_cfg.get("cache", True):
-        if out_dir is None:
-            import tempfile
+    if out_dir is None:
+        import tempfile
 
-            with tempfile.TemporaryDirectory() as tmp:
-                return _evaluate(model, tokenizer, eval_cfg, heldout, prompt_style, Path(tmp))
-        return _evaluate(model, tokenizer, eval_cfg, heldout, prompt_style, Path(out_dir))
-    key_cfg = {k: v for k, v in eval_cfg.items() if k not in _NOT_IN_KEY}
-    config = {"eval": key_cfg, "prompt_style": prompt_style, "heldout": _heldout_digest(heldout)}
-    model_key = model_key or model_fingerprint(model)
-    art = store.get_or_build("eval", config, lambda work: {"metrics": _evaluate(model, tokenizer, eval_cfg, heldout,
-                                                                                prompt_style, work)},
-                             inputs={"model": model_key}, label="evaluation")
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for path in art.path.iterdir():
-            if path.suffix in (".jsonl", ".json") and path.name != "manifest.json":
-                shutil.copyfile(path, out_dir / path.name)
-    return dict(art.manifest["metrics"])
+        with tempfile.TemporaryDirectory() as tmp:
+            return _evaluate(model, tokenizer, eval_cfg, heldout, prompt_style, Path(tmp))
+    return _evaluate(model, tokenizer, eval_cfg, heldout, prompt_style, Path(out_dir))
