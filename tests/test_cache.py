@@ -90,6 +90,9 @@ def test_what_does_not_matter_keeps_the_key():
     assert content_key("s", training_config(cfg)) != content_key("s", training_config(other))
     merge = {"method": "ties", "weight": 0.5, "output": "/a", "base": "/b", "models": ["/c"]}
     assert merge_config_for_key(merge) == merge_config_for_key({**merge, "output": "/elsewhere"})
+    from mixmerge.merge.registry import ALGORITHM_VERSION  # a new merge algorithm is a new artifact
+
+    assert merge_config_for_key(merge)["algorithm_version"] == ALGORITHM_VERSION
 
 
 def test_failed_build_leaves_nothing_that_counts(tmp_path):

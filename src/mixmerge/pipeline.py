@@ -86,8 +86,12 @@ def ensure_mixture(cfg, store, tracker, base: BaseModel, tasks: Mapping[str, Any
 
 
 def merge_config_for_key(merge_cfg: Mapping[str, Any]) -> dict:
-    """The merge parameters that determine the merged weights (paths of a standalone merge excluded)."""
-    return {k: v for k, v in merge_cfg.items() if k not in ("base", "models", "output", "from_mergekit")}
+    """The merge parameters that determine the merged weights (paths of a standalone merge excluded), and
+    the version of the merge algorithm."""
+    from mixmerge.merge.registry import ALGORITHM_VERSION
+
+    params = {k: v for k, v in merge_cfg.items() if k not in ("base", "models", "output", "from_mergekit")}
+    return {**params, "algorithm_version": ALGORITHM_VERSION}
 
 
 def merge_inputs(base: BaseModel, specialists: Sequence[Variant]) -> dict[str, str]:

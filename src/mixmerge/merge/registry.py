@@ -50,6 +50,9 @@ _ROWS = (
 )
 
 METHODS: dict[str, MergeMethod] = {row.name: row for row in _ROWS}
+# Bumped whenever the same parameters would give other merged weights, so cached merges are not reused
+# across it. 2: random masks from a counter-based hash (kernels.counter_uniform) instead of torch.rand.
+ALGORITHM_VERSION = 2
 # The study's names for mergekit's methods: `merge=dare` is DARE with TIES sign election.
 ALIASES: dict[str, str] = {"dare": "dare_ties"}
 
