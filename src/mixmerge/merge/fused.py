@@ -2,18 +2,19 @@
 
 ``kernels.py`` states the math one readable torch operation at a time; on a CPU that costs a memory
 pass per operation (about 25 passes over every tensor for TIES). These numba kernels compute the same
-numbers (tested equal to the reference, bit for bit where no float64 sum is involved) in a few
-passes, in parallel over fixed blocks:
+numbers (tested equal to the reference: bit for bit, or within 1e-6 where the reference sums in
+float64) in a few passes, in parallel over fixed blocks:
 
 - the magnitude threshold is an exact radix selection on the float bits of |delta| (two histogram
   passes), instead of a sort or ``kthvalue``;
 - sparsify, sign election, disjoint mean, lambda and the base are one pass, which also counts the
   report's kept fraction and sign conflicts;
-- DELLA ranks each row with a sort of (|delta| bits, column) keys, row by row, in parallel.
+- DELLA ranks each row with a stable radix sort of the |delta| bits, row by row, in parallel.
 
-Measured on the default model (SmolLM2-135M, two specialists, 2 cores): a TIES merge with torch ops
-took 8.5 s, with these kernels 0.6 s; see ``benchmarks/merge_vs_mergekit.py``. Hand-written because
-no library offers a fused TIES/DELLA on CPU; numba keeps it in Python.
+Measured on the default model (SmolLM2-135M, two specialists, 2 cores), the streamed merge with the
+torch kernels took 9.6 s for TIES and 16.6 s for DELLA; with these, 1.3-1.7 s and 2.5-3.0 s (see
+``benchmarks/merge_vs_mergekit.py``). Hand-written because no library offers a fused TIES/DELLA on a
+CPU; numba keeps it in Python.
 
 Random masks come from a counter-based hash (splitmix64 of the tensor's key and the entry's index), so
 an entry's draw depends only on (seed, tensor name, model, index): the same on any thread count, in
@@ -66,19 +67,6 @@ def _delta(x, base, j, is_delta):
     """Entry j of a task vector: ``x`` itself, or ``x - base`` (``x`` is one model's array, taken out
     of the tuple before the loop: indexing a tuple inside a loop keeps it from vectorizing)."""
     return x[j] if is_delta else x[j] - base[j]
-
-
-@njit(inline="always")
-def _keeps(rule, d, j, thr, cutoff, lo, density, key):
-    if rule == KEEP_ALL:
-        return True
-    if rule == KEEP_TOP:
-        bits = _f32_bits(abs(d))
-        return bits > thr or (bits == thr and j < cutoff)
-    if rule == KEEP_RANDOM:
-        return _uniform(key, j) < density
-    bits = _f32_bits(abs(d))  # KEEP_BAND
-    return lo <= bits <= thr
 
 
 @njit(cache=True, parallel=True, nogil=True)
