@@ -129,6 +129,19 @@ def test_missing_tensor(tiny_base, specialists, tmp_path):
         _merge(tiny_base, [specialists[0], bad], tmp_path)
 
 
+@pytest.mark.parametrize("method", ["ties", "linear"])  # the fused and the generic path
+def test_unsupported_tensor_dtype_names_the_tensor(method, tiny_base, specialists, tmp_path):
+    """Tensors are read in place (memory-mapped) now; an unknown dtype is still a clear error, and no
+    output folder is left behind."""
+    folders = [_copy(src, tmp_path / name) for src, name in
+               [(tiny_base, "base"), (specialists[0], "a"), (specialists[1], "b")]]
+    for folder in folders:
+        _edit_weights(folder, lambda s: s.update({"extra.counts": torch.zeros(4, dtype=torch.uint16)}))
+    with pytest.raises(ValueError, match=r"tensor 'extra.counts' has unsupported dtype U16"):
+        _merge(folders[0], folders[1:], tmp_path, method=method, weight=1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "base"]
+
+
 @pytest.mark.parametrize("method", ["ties", "linear", "task_arithmetic"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_nan_or_inf_input(value, method, tiny_base, specialists, tmp_path):

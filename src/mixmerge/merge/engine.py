@@ -37,6 +37,8 @@ from mixmerge.merge.params import resolve_params
 
 log = logging.getLogger(__name__)
 
+_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")  # safetensors dtype names of the tensors that get merged
+
 REPORT = "merge_report.json"
 DEFAULT_SHARD_SIZE_MB = 2000
 
@@ -91,7 +93,7 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
     names = base_src.names()
     entries = []
     for name in names:
-        is_float = base_src.dtype_str(name) in ("F32", "F16", "BF16", "F64")
+        is_float = base_src.dtype_str(name) in _FLOAT_DTYPES
         entries.append((name, shapes[name], out_dtype if is_float else base_src.get(name).dtype))
     shard_mb = merge_cfg.get("shard_size_mb") or DEFAULT_SHARD_SIZE_MB
     out = Path(out)
@@ -101,7 +103,7 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
     # Without sparsification a NaN/Inf in any input reaches the output (0 * NaN is NaN), so checking the
     # output is enough; a sparsifier could drop it silently, so there every input is checked.
     inputs_can_vanish = method.sparsify is not None
-    fused = FusedBuffers(len(models), shapes, names, base_src) if fast_gta.applies(params) else None
+    fused = FusedBuffers(len(models), shapes, names, base_src) if fast_gta.applies(params, "cpu") else None
     try:
         writer = StreamingShardWriter(tmp, entries, int(float(shard_mb) * 1e6))
         for name, shape, dtype in entries:
@@ -181,9 +183,6 @@ def _check_inputs_finite(name, base_t, tensors, labels) -> None:
     V.check_finite(name, base_t, "merge.base")
     for t, label in zip(tensors, labels, strict=True):
         V.check_finite(name, t, label)
-
-
-_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
 class FusedBuffers:

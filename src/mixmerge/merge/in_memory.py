@@ -90,7 +90,7 @@ class InMemoryMerger:
                 raise ValueError("merge.method=fisher needs merge.fisher_paths, one Fisher folder per model")
             fishers = self._fishers(paths)
         cache = None
-        fused = kind == "gta" and self.device.type == "cpu"
+        fused = fast_gta.applies(params, self.device)
         if kind == "gta" and self.cache_sparse:
             key = sparsity_key(params)
             if self._sparse_key != key:  # on a CPU the old plans' DELLA survivors become the new plans' buffers

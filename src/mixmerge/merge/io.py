@@ -60,11 +60,12 @@ class _SafetensorsFile:
         """A zero-copy tensor over the file's bytes (a private, copy-on-write memory map): no read,
         no copy. Call ``release`` when done so the pages leave this process's RSS."""
         entry = self.entries[name]
+        dtype = self._dtype(name)
         begin, end = entry["data_offsets"]
         if self._map is None:
             self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_COPY)
         array = np.frombuffer(self._map, dtype=np.uint8, count=end - begin, offset=self.data_start + begin)
-        return torch.from_numpy(array).view(_TORCH_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+        return torch.from_numpy(array).view(dtype).reshape(entry["shape"])
 
     def release(self, name: str) -> None:
         """Drop a viewed tensor's pages from this process (the page cache keeps them)."""
@@ -76,12 +77,14 @@ class _SafetensorsFile:
         if last > first:
             self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
-    def get(self, name: str) -> torch.Tensor:
-        entry = self.entries[name]
-        dtype = _TORCH_DTYPES.get(entry["dtype"])
+    def _dtype(self, name: str) -> torch.dtype:
+        dtype = _TORCH_DTYPES.get(self.entries[name]["dtype"])
         if dtype is None:
-            raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
-        out = torch.empty(entry["shape"], dtype=dtype)
+            raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {self.entries[name]['dtype']}")
+        return dtype
+
+    def get(self, name: str) -> torch.Tensor:
+        out = torch.empty(self.entries[name]["shape"], dtype=self._dtype(name))
         self._pread_into(name, out)
         return out
 
