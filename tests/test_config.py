@@ -65,6 +65,7 @@ def test_default_config_is_the_study():
     ("model.dtype=float8", "model.dtype"),
     ("merge.density=1.5", "density"),
     ("+task.mixture.weights.docs=1", "task.mixture.weights"),
+    ("eval.cache=sometimes", "eval.cache"),
 ])
 def test_bad_values_name_the_field(override, field):
     cfg = _compose([override])

@@ -83,6 +83,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         validate_merge_config(cfg["merge"], n_models=len(cfg["merge"].get("models") or []) or None)
         return
     validate_model(cfg["model"])
+    cache_eval = cfg["eval"].get("cache", True)
+    _require(isinstance(cache_eval, bool),
+             f"eval.cache={cache_eval!r} must be true (reuse a variant's evaluation) or false (evaluate again)")
     wanted = set(strategy.get("variants") or [])
     allowed = {"base", "specialists", "mixture", "merged"}
     _require(wanted <= allowed, f"strategy.variants={sorted(wanted)} may only hold {sorted(allowed)}")

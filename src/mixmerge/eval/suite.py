@@ -2,9 +2,9 @@
 
 ``evaluate_model`` runs, for each task in ``heldout``: held-out loss (``<task>/loss``); for codegen the
 HumanEval (and optionally MBPP) pass@1 from greedy completions and pass@k from ``n`` samples, executed in
-the sandbox; for codesum the smoothed BLEU-4 of generated summaries. With an ``ArtifactStore`` the whole
-result is cached under (model weights, eval config, prompt style, held-out set), so a rerun or a sweep
-never generates or executes twice for the same model.
+the sandbox; for codesum the smoothed BLEU-4 of generated summaries. The pipeline caches the whole result
+(``pipeline.ensure_evaluation``) under the variant's key, ``eval_cache_config(eval)``, the prompt style
+and the held-out data, so a rerun or a sweep never generates or executes twice for the same model.
 """
 
 from __future__ import annotations
