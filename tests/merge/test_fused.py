@@ -401,12 +401,15 @@ def test_della_rank_order_when_many_keys_share_their_top_24_bits():
 
 
 def test_in_memory_della_new_density_reuses_rank_orders(tiny_base, specialists):
-    """The second DELLA trial (another density, epsilon and seed) reads the rank orders stored by the
-    first instead of sorting, and gives exactly what a fresh merger computes for it."""
+    """With the paper's 1/p rescale every survivor needs its exact rank: the second DELLA trial (another
+    density, epsilon and seed) reads the rank orders stored by the first instead of sorting, and gives
+    exactly what a fresh merger computes for it. With the default L1 rescale no order is stored (the keep
+    decisions come from rank bands, as fast as reading stored orders)."""
     from mixmerge.models import load_model
 
     tiny_model = load_model(tiny_base)
-    cfg = {"method": "della", "density": 0.5, "epsilon": 0.1, "weight": 0.4, "seed": 1}
+    cfg = {"method": "della", "density": 0.5, "epsilon": 0.1, "weight": 0.4, "seed": 1,
+           "rescale_mode": "inverse_prob"}
     second = {**cfg, "density": 0.3, "epsilon": 0.2, "seed": 2}
     merger = InMemoryMerger(tiny_base, specialists)
     merger.merge_into(tiny_model, cfg)
@@ -416,3 +419,47 @@ def test_in_memory_della_new_density_reuses_rank_orders(tiny_base, specialists):
     InMemoryMerger(tiny_base, specialists, cache_sparse=False).merge_into(tiny_model, second)
     for name, value in tiny_model.state_dict().items():
         assert torch.equal(value, reused[name]), name
+    l1 = InMemoryMerger(tiny_base, specialists)
+    l1.merge_into(tiny_model, {**cfg, "rescale_mode": "l1"})
+    assert all(o is None for orders in l1._rank_orders.values() for o in orders)
+
+
+def _della_rows(kind: str, rows: int, cols: int) -> np.ndarray:
+    """Task-vector rows of a given character: smooth (low-rank Gaussian), tied (multiples of 1/64), mostly
+    zero, bf16 fine-tune-like (0 or one ulp of the weight), or all in one narrow band of distinct values
+    (every entry in one bucket: the bucket path gives up and the row is ranked fully)."""
+    rng = np.random.default_rng(cols + rows)
+    smooth = (rng.standard_normal((rows, 8)) @ rng.standard_normal((8, cols))).astype(np.float32) * 0.01
+    if kind == "smooth":
+        return smooth
+    if kind == "tied":
+        return (np.round(rng.standard_normal((rows, cols)) * 4) / 64).astype(np.float32)
+    if kind == "mostly_zero":
+        return smooth * (rng.random((rows, cols)) < 0.4)
+    if kind == "bf16_finetune":
+        w = rng.standard_normal((rows, cols)).astype(np.float32) * 0.02
+        bf16 = lambda a: (a.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)  # noqa: E731
+        return bf16(bf16(w) + bf16(w * 0.01)) - bf16(w)
+    if kind == "one_band":
+        return (1 + rng.random((rows, cols)) * 2**-6).astype(np.float32) * rng.choice([-1, 1], (rows, cols))
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["smooth", "tied", "mostly_zero", "bf16_finetune", "one_band"])
+@pytest.mark.parametrize(("rows", "cols"), [(40, 576), (12, 1536), (3, 11008), (9, 33)])
+def test_della_rank_bands_decide_like_the_full_ranking(kind, rows, cols):
+    """Without the 1/p rescale DELLA decides keep/drop from rank bands (``_keep_by_bucket``); the survivors
+    must equal those of the full stable ranking (the SORT_AND_STORE mode ranks every row), for smooth,
+    tied, zero-heavy and one-band rows, short and long (finer buckets beyond 1024 columns)."""
+    d = _della_rows(kind, rows, cols).reshape(-1)
+    n = d.size
+    xs, base = (d,), np.zeros(n, np.float32)
+    by_bands, ranked = np.empty(n, np.float32), np.empty(n, np.float32)
+    key = K.tensor_key(3, "w", 0)
+    sums_bands = F.della_sparsify(xs, base, 0, True, rows, 0.5, 0.15, key, False, by_bands)
+    sums_ranked = F.della_sparsify(xs, base, 0, True, rows, 0.5, 0.15, key, False, ranked,
+                                   np.empty(n, np.int32), F.SORT_AND_STORE)
+    assert np.array_equal(by_bands.view(np.int32), ranked.view(np.int32))
+    assert sums_bands == sums_ranked
+    kept = np.count_nonzero(ranked) / max(np.count_nonzero(d), 1)
+    assert 0.4 < kept < 0.6  # about the density: the draws did decide

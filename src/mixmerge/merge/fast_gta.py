@@ -109,7 +109,7 @@ def _plan_della(tensor_name, base, xs, params, plan, *, is_delta, n_rows, scratc
             np.subtract(xs_np[i], 0 if is_delta else base_np, out=out)
             continue
         orders, mode = None, F.SORT
-        if rank_orders is not None:
+        if rank_orders is not None and params.rescale == "inverse_prob":  # else no full ranking is done
             if rank_orders[i] is None:
                 rank_orders[i], mode = np.empty(n, np.int32), F.SORT_AND_STORE
             else:
