@@ -2,16 +2,21 @@
 
 ``kernels.py`` is the math as readable torch (the reference, and the GPU path); on a CPU the
 task-vector methods run through ``fused.py``/``fast_gta.py``, numba kernels that give the same numbers
-in a few passes.
+in a few passes, with no torch import at all on the streamed path (``common.py`` holds what both share).
 
 The lead calls ``validate_merge_config`` before any training, ``merge_folders`` to write a merged HF
-folder, ``InMemoryMerger`` for sweeps, ``standalone.run`` for ``strategy=merge``.
+folder, ``InMemoryMerger`` for sweeps, ``standalone.run`` for ``strategy=merge``. The engines are
+imported on first use: validating a config must not pay for torch.
 """
 
-from mixmerge.merge.engine import merge_folders
-from mixmerge.merge.in_memory import InMemoryMerger
+from __future__ import annotations
+
+import importlib
+
 from mixmerge.merge.params import resolve_params, resolve_weights, validate_merge_config
 from mixmerge.merge.registry import ALIASES, METHODS, get_method
+
+_LAZY = {"merge_folders": "mixmerge.merge.engine", "InMemoryMerger": "mixmerge.merge.in_memory"}
 
 __all__ = [
     "ALIASES",
@@ -23,3 +28,9 @@ __all__ = [
     "resolve_weights",
     "validate_merge_config",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,6 +3,10 @@
 Peak memory is the base tensor, one tensor per specialist and the result (all float32), whatever the
 model size: inputs are memory-mapped, and outputs go straight into pre-headed shards (``io.py``). The
 folder appears at ``out`` only when complete (temp folder + rename).
+
+The task-vector methods and linear run on numpy arrays through the fused CPU kernels and never import
+torch (about 1 s of the standalone command); the other methods, LoRA adapters and integer tensors go
+through the torch reference (``combine.py``), imported on first use.
 """
 
 from __future__ import annotations
@@ -17,27 +21,28 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from mixmerge.cache import write_json_atomic
 from mixmerge.merge import fast_gta
+from mixmerge.merge import fused as F
 from mixmerge.merge import validate as V
-from mixmerge.merge.combine import merge_tensor
 from mixmerge.merge.io import (
+    FLOAT_DTYPES,
+    OUTPUT_DTYPES,
     SafetensorsFolder,
     StreamingShardWriter,
     copy_side_files,
-    dtype_from_name,
     is_adapter_folder,
     open_source,
     publish_atomic,
     temp_sibling,
+    torch_dtype,
+    torch_name,
 )
 from mixmerge.merge.params import resolve_params
 
 log = logging.getLogger(__name__)
-
-_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")  # safetensors dtype names of the tensors that get merged
 
 REPORT = "merge_report.json"
 DEFAULT_SHARD_SIZE_MB = 2000
@@ -48,11 +53,12 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _output_dtype(requested: str | None, base_cfg: Mapping[str, Any] | None) -> torch.dtype:
+def _output_dtype(requested: str | None, base_cfg: Mapping[str, Any] | None) -> str:
+    """The safetensors dtype of the merged float tensors: ``merge.dtype``, else the base's, else F32."""
     if requested is not None:
-        return dtype_from_name(requested)
+        return OUTPUT_DTYPES[requested]
     name = (base_cfg or {}).get("dtype") or (base_cfg or {}).get("torch_dtype") or "float32"
-    return dtype_from_name(name) if name in ("float32", "bfloat16", "float16") else torch.float32
+    return OUTPUT_DTYPES.get(name, "F32")
 
 
 def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Sequence[Path], out: Path) -> dict:
@@ -93,8 +99,8 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
     names = base_src.names()
     entries = []
     for name in names:
-        is_float = base_src.dtype_str(name) in _FLOAT_DTYPES
-        entries.append((name, shapes[name], out_dtype if is_float else base_src.get(name).dtype))
+        is_float = base_src.dtype_str(name) in FLOAT_DTYPES
+        entries.append((name, shapes[name], out_dtype if is_float else base_src.dtype_str(name)))
     shard_mb = merge_cfg.get("shard_size_mb") or DEFAULT_SHARD_SIZE_MB
     out = Path(out)
     tmp = temp_sibling(out)
@@ -103,16 +109,22 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
     # Without sparsification a NaN/Inf in any input reaches the output (0 * NaN is NaN), so checking the
     # output is enough; a sparsifier could drop it silently, so there every input is checked.
     inputs_can_vanish = method.sparsify is not None
-    fused = FusedBuffers(len(models), shapes, names, base_src) if fast_gta.applies(params, "cpu") else None
+    fusable = method.kind == "linear" or fast_gta.applies(params, "cpu")
+    fused = FusedBuffers(len(models), shapes, names, base_src) if fusable else None
     try:
         writer = StreamingShardWriter(tmp, entries, int(float(shard_mb) * 1e6))
         for name, shape, dtype in entries:
-            if fused is not None and base_src.dtype_str(name) in _FLOAT_DTYPES:
+            if fused is not None and base_src.dtype_str(name) in FLOAT_DTYPES:
                 merged, stats = _merge_fused(name, shape, params, base_src, sources, labels, fused, check_finite)
-                writer.write(name, merged.to(dtype))
-                per_tensor[name] = {"kept_fraction": round(stats.kept_fraction, 6),
-                                    "sign_conflict_rate": round(stats.sign_conflict_rate, 6)}
+                writer.write_array(name, _cast(merged, dtype, fused))
+                if stats is not None:
+                    per_tensor[name] = {"kept_fraction": round(stats.kept_fraction, 6),
+                                        "sign_conflict_rate": round(stats.sign_conflict_rate, 6)}
                 continue
+            import torch
+
+            from mixmerge.merge.combine import merge_tensor
+
             rows = shape[0] if shape else None
             base_t = _in_place(base_src, name)
             tensors = [_in_place(src, name) for src in sources]
@@ -131,7 +143,7 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
                 _check_inputs_finite(name, base_t, tensors, labels)  # names the culprit input, if any
                 raise ValueError(f"the merge of tensor {name!r} produced NaN/Inf; check merge.weights and "
                                  f"merge.lambda")
-            writer.write(name, merged.to(dtype))
+            writer.write(name, merged.to(torch_dtype(dtype)))
             if stats is not None:
                 per_tensor[name] = {"kept_fraction": round(stats.kept_fraction, 6),
                                     "sign_conflict_rate": round(stats.sign_conflict_rate, 6)}
@@ -169,7 +181,7 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
     return report
 
 
-def _in_place(src, name: str) -> torch.Tensor:
+def _in_place(src, name: str):
     """The tensor straight from the memory-mapped file when possible (no read, no copy)."""
     return src.view(name) if isinstance(src, SafetensorsFolder) else src.get(name)
 
@@ -189,54 +201,86 @@ class FusedBuffers:
     """Float32 buffers for the fused path, sized for the largest tensor and reused for every tensor:
     the inputs are read straight into them and the result computed into them (no allocation per
     tensor). Peak memory: at most (2 n_models + 2) x the largest tensor (float32 inputs are read in place,
-    and only DELLA uses the survivors buffer)."""
+    and only DELLA uses the survivors buffer), plus the output cast for bfloat16/float16 outputs."""
 
     def __init__(self, n_models: int, shapes, names, base_src):
-        largest = max((math.prod(shapes[n]) for n in names if base_src.dtype_str(n) in _FLOAT_DTYPES), default=0)
+        largest = max((math.prod(shapes[n]) for n in names if base_src.dtype_str(n) in FLOAT_DTYPES), default=0)
         self.n_models = n_models
-        # torch.empty touches no page: with float32 inputs (the usual case) only ``out`` ever enters RSS.
-        self.base = torch.empty(largest, dtype=torch.float32)
-        self.models = torch.empty(n_models * largest, dtype=torch.float32)
-        self.out = torch.empty(largest, dtype=torch.float32)
-        self.survivors = torch.empty(n_models * largest, dtype=torch.float32)  # DELLA's
+        # np.empty touches no page: with float32 inputs (the usual case) only ``out`` ever enters RSS.
+        self.base = np.empty(largest, np.float32)
+        self.models = np.empty(n_models * largest, np.float32)
+        self.out = np.empty(largest, np.float32)
+        self.survivors = np.empty(n_models * largest, np.float32)  # DELLA's
+        self.cast = np.empty(largest, np.uint16)  # the result as bfloat16 or float16 bits
 
     def views(self, shape):
         n = math.prod(shape)
-        models = self.models[: self.n_models * n].view(self.n_models, n)
+        models = self.models[: self.n_models * n].reshape(self.n_models, n)
         return self.base[:n], [models[i] for i in range(self.n_models)], self.out[:n]
 
 
+def _cast(merged: np.ndarray, dtype: str, buffers: FusedBuffers) -> np.ndarray:
+    """The float32 result in the output dtype (as torch's ``.to(dtype)`` rounds: to nearest, ties to even)."""
+    if dtype == "F32":
+        return merged
+    out = buffers.cast[: merged.size].reshape(merged.shape)
+    if dtype == "BF16":
+        F.to_bfloat16_bits(merged.reshape(-1), out.reshape(-1))
+        return out
+    np.copyto(out.view(np.float16), merged, casting="same_kind")
+    return out.view(np.float16)
+
+
 def _merge_fused(name, shape, params, base_src, sources, labels, buffers: FusedBuffers, check_finite: bool):
-    """One task-vector-method tensor through the fused CPU kernels. Float32 inputs of the right shape
-    are used in place (memory-mapped, released after the tensor); others are read into reused buffers."""
+    """One tensor of a task-vector method or of linear through the fused CPU kernels (numpy arrays, no
+    torch). Float32 inputs of the right shape are used in place (memory-mapped, released after the
+    tensor); others are read into reused buffers. Linear reads no base."""
+    if params.method.kind == "linear":
+        return _merge_linear(name, shape, params, sources, labels, buffers, check_finite)
     base_buf, model_bufs, out = buffers.views(shape)
     srcs = [base_src, *sources]
-    zero_copy = [isinstance(s, SafetensorsFolder) and s.dtype_str(name) == "F32" and s.shape(name) == tuple(shape)
-                 for s in srcs]
-    flats = []
-    for k, (src, direct) in enumerate(zip(srcs, zero_copy, strict=True)):
-        if direct:
-            flats.append(_in_place(src, name).reshape(-1))
-        else:
-            buf = base_buf if k == 0 else model_bufs[k - 1]
-            src.read_into(name, buf.view(shape))
-            flats.append(buf)
-    base, xs = flats[0], flats[1:]
+    base, *xs = [_read_flat(src, name, shape, buf) for src, buf in zip(srcs, [base_buf, *model_bufs], strict=True)]
     try:
         plan = fast_gta.plan_sparsity(name, base, xs, params, is_delta=False, shape=tuple(shape),
                                       scratch=buffers.survivors)
         merged, stats, bad_in, bad_out = fast_gta.merge_planned(base, xs, plan, params, is_delta=False, out=out)
         if check_finite and bad_in:
-            _check_inputs_finite(name, base.view(shape), [x.view(shape) for x in xs], labels)
+            _check_inputs_finite(name, base.reshape(shape), [x.reshape(shape) for x in xs], labels)
         if check_finite and bad_out:
             raise ValueError(f"the merge of tensor {name!r} produced NaN/Inf; check merge.weights and "
                              f"merge.lambda")
     finally:
-        del flats, base, xs
-        for src, direct in zip(srcs, zero_copy, strict=True):
-            if direct:
-                _release(src, name)
-    return merged.view(shape), stats
+        del base, xs
+        for src in srcs:
+            _release(src, name)
+    return merged.reshape(shape), stats
+
+
+def _merge_linear(name, shape, params, sources, labels, buffers: FusedBuffers, check_finite: bool):
+    """sum_i w_i theta_i (/ sum_i w_i): ``kernels.linear_average``'s roundings (``fused.weighted_sum``)."""
+    _, model_bufs, out = buffers.views(shape)
+    xs = [_read_flat(src, name, shape, buf) for src, buf in zip(sources, model_bufs, strict=True)]
+    try:
+        total = float(sum(params.weights))
+        divisor = total if params.normalize and abs(total) >= 1e-8 else 1.0
+        merged = F.weighted_sum(xs, [float(w) / divisor for w in params.weights], out)
+        if check_finite and not np.isfinite(merged.sum(dtype=np.float64)) and not np.isfinite(merged).all():
+            for x, label in zip(xs, labels, strict=True):
+                V.check_finite(name, x.reshape(shape), label)
+            raise ValueError(f"the merge of tensor {name!r} produced NaN/Inf; check merge.weights")
+    finally:
+        del xs
+        for src in sources:
+            _release(src, name)
+    return merged.reshape(shape), None
+
+
+def _read_flat(src, name: str, shape, buf: np.ndarray) -> np.ndarray:
+    """The tensor as flat float32: in place when the file holds it so, else read into ``buf``."""
+    if isinstance(src, SafetensorsFolder) and src.dtype_str(name) == "F32" and src.shape(name) == tuple(shape):
+        return src.array(name).reshape(-1)
+    src.read_f32_into(name, buf.reshape(shape))
+    return buf
 
 
 def _mean(values) -> float | None:
@@ -253,18 +297,18 @@ def _open_fishers(merge_cfg, kind: str, n_models: int, base_src) -> list[Safeten
                          f"({n_models}); got {paths!r} (compute them with mixmerge.merge.fisher)")
     folders = [SafetensorsFolder(p) for p in paths]
     for p, f in zip(paths, folders, strict=True):
-        missing = [n for n in base_src.names() if n not in f and base_src.dtype_str(n) in ("F32", "F16", "BF16")]
+        missing = [n for n in base_src.names() if n not in f and base_src.dtype_str(n) in FLOAT_DTYPES]
         if missing:
             raise ValueError(f"missing tensor: Fisher folder {p} has no {missing[0]!r}")
     return folders
 
 
-def _fix_config(out_dir: Path, dtype: torch.dtype, shapes: Mapping[str, tuple[int, ...]], names) -> None:
+def _fix_config(out_dir: Path, dtype: str, shapes: Mapping[str, tuple[int, ...]], names) -> None:
     cfg_path = out_dir / "config.json"
     if not cfg_path.is_file():
         return
     cfg = json.loads(cfg_path.read_text())
-    dtype_name = str(dtype).removeprefix("torch.")
+    dtype_name = torch_name(dtype)
     keys = [k for k in ("dtype", "torch_dtype") if k in cfg] or ["dtype"]
     for k in keys:
         cfg[k] = dtype_name

@@ -5,6 +5,7 @@ Two steps, so that a sweep can keep the first: ``plan_sparsity`` decides which e
 gammas, the seed and the rescale mode, not on the weights), and ``merge_planned`` runs the one fused
 pass that sparsifies, weights, elects signs, averages and adds the base. The result equals
 ``combine.merge_tensor`` on the same inputs (the torch reference; see tests/merge/test_fused.py).
+Arrays are numpy (CPU torch tensors are accepted and used in place); torch is never imported here.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from mixmerge.merge import fused as F
-from mixmerge.merge import kernels as K
+from mixmerge.merge.common import KernelStats, tensor_key
 from mixmerge.merge.params import MergeParams
 
 
@@ -33,21 +33,22 @@ class SparsityPlan:
     key: np.ndarray
     scale: np.ndarray
     scale_mode: int
-    survivors: torch.Tensor | None = None  # (n_models, n) sparsified deltas, DELLA only
+    survivors: np.ndarray | None = None  # (n_models, n) sparsified deltas, DELLA only
     inputs_finite: bool = True
 
 
-def applies(params: MergeParams, device: str | torch.device) -> bool:
-    """The fused path serves the task-vector methods on a CPU (on a GPU the torch reference runs)."""
-    return params.method.kind == "gta" and torch.device(device).type == "cpu"
+def applies(params: MergeParams, device) -> bool:
+    """The fused path serves the task-vector methods on a CPU (on a GPU the torch reference runs);
+    ``device`` is a name ("cpu", "cuda:0") or a torch device."""
+    return params.method.kind == "gta" and str(device).split(":")[0] == "cpu"
 
 
-def _arrays(xs: Sequence[torch.Tensor]) -> tuple[np.ndarray, ...]:
-    return tuple(x.numpy() for x in xs)
+def _arrays(xs) -> tuple[np.ndarray, ...]:
+    return tuple(np.asarray(x) for x in xs)
 
 
-def plan_sparsity(tensor_name: str, base: torch.Tensor, xs: Sequence[torch.Tensor], params: MergeParams,
-                  *, is_delta: bool, shape: tuple[int, ...], scratch: torch.Tensor | None = None,
+def plan_sparsity(tensor_name: str, base: np.ndarray, xs: Sequence[np.ndarray], params: MergeParams,
+                  *, is_delta: bool, shape: tuple[int, ...], scratch: np.ndarray | None = None,
                   rank_orders: list | None = None) -> SparsityPlan:
     """Decide what every model keeps. ``xs`` holds one flat tensor per model: full weights, or task vectors when
     ``is_delta``; ``base`` is the flat base tensor; ``shape`` the tensor's (DELLA ranks within rows).
@@ -55,8 +56,8 @@ def plan_sparsity(tensor_name: str, base: torch.Tensor, xs: Sequence[torch.Tenso
     reuses one buffer for every tensor instead of faulting in fresh pages. ``rank_orders`` (a list with
     one slot per model, kept by the caller across calls on the same task vectors) stores DELLA's
     per-row rank orders on the first call and reuses them after: a sweep re-plans without sorting."""
-    n_models, n = len(xs), base.numel()
-    base_np, xs_np = base.numpy(), _arrays(xs)
+    base_np, xs_np = np.asarray(base), _arrays(xs)
+    n_models, n = len(xs_np), base_np.size
     kind, rescale = params.method.sparsify, params.rescale
     plan = SparsityPlan(rule=np.zeros(n_models, np.int64), thr=np.zeros(n_models, np.int32),
                         cutoff=np.zeros(n_models, np.int64), lo=np.zeros(n_models, np.int32),
@@ -65,8 +66,8 @@ def plan_sparsity(tensor_name: str, base: torch.Tensor, xs: Sequence[torch.Tenso
                         scale_mode=F.SCALE_DIV if rescale == "inverse_prob" else F.SCALE_MUL)
     if kind == "della":
         n_rows = shape[0] if len(shape) >= 2 else 1
-        return _plan_della(tensor_name, base, xs, params, plan, is_delta=is_delta, n_rows=n_rows, scratch=scratch,
-                           rank_orders=rank_orders)
+        return _plan_della(tensor_name, base_np, xs_np, params, plan, is_delta=is_delta, n_rows=n_rows,
+                           scratch=scratch, rank_orders=rank_orders)
     for i in range(n_models):
         density = params.densities[i]
         if kind is None or density >= 1 or n == 0:
@@ -77,7 +78,7 @@ def plan_sparsity(tensor_name: str, base: torch.Tensor, xs: Sequence[torch.Tenso
             plan.thr[i], plan.cutoff[i] = F.top_k_rule(xs_np, base_np, i, is_delta, max(1, int(density * n)))
         elif kind == "random":
             plan.rule[i] = F.KEEP_RANDOM
-            plan.key[i] = K.tensor_key(params.seed, tensor_name, i)
+            plan.key[i] = tensor_key(params.seed, tensor_name, i)
         elif kind == "breadcrumbs":
             plan.rule[i] = F.KEEP_BAND
             n_keep = int(density * n)
@@ -97,13 +98,12 @@ def plan_sparsity(tensor_name: str, base: torch.Tensor, xs: Sequence[torch.Tenso
     return plan
 
 
-def _plan_della(tensor_name, base, xs, params, plan, *, is_delta, n_rows, scratch, rank_orders):
-    n_models, n = len(xs), base.numel()
-    base_np, xs_np = base.numpy(), _arrays(xs)
-    survivors = (torch.empty((n_models, n), dtype=torch.float32) if scratch is None
-                 else scratch[: n_models * n].view(n_models, n))
+def _plan_della(tensor_name, base_np, xs_np, params, plan, *, is_delta, n_rows, scratch, rank_orders):
+    n_models, n = len(xs_np), base_np.size
+    survivors = (np.empty((n_models, n), np.float32) if scratch is None
+                 else np.asarray(scratch).reshape(-1)[: n_models * n].reshape(n_models, n))
     for i in range(n_models):
-        out = survivors[i].numpy()
+        out = survivors[i]
         density = params.densities[i]
         if density >= 1:
             np.subtract(xs_np[i], 0 if is_delta else base_np, out=out)
@@ -116,7 +116,7 @@ def _plan_della(tensor_name, base, xs, params, plan, *, is_delta, n_rows, scratc
                 mode = F.USE_STORED
             orders = rank_orders[i]
         before, after = F.della_sparsify(xs_np, base_np, i, is_delta, n_rows, density, params.epsilons[i],
-                                         K.tensor_key(params.seed, tensor_name, i),
+                                         tensor_key(params.seed, tensor_name, i),
                                          params.rescale == "inverse_prob", out, orders, mode)
         if not math.isfinite(before):
             plan.inputs_finite = False
@@ -127,14 +127,15 @@ def _plan_della(tensor_name, base, xs, params, plan, *, is_delta, n_rows, scratc
     return plan
 
 
-def merge_planned(base: torch.Tensor, xs: Sequence[torch.Tensor], plan: SparsityPlan, params: MergeParams,
-                  *, is_delta: bool, out: torch.Tensor | None = None) -> tuple[torch.Tensor, K.KernelStats, int, int]:
+def merge_planned(base: np.ndarray, xs: Sequence[np.ndarray], plan: SparsityPlan, params: MergeParams,
+                  *, is_delta: bool, out: np.ndarray | None = None) -> tuple[np.ndarray, KernelStats, int, int]:
     """base + lam * the method's combination of the planned sparse task vectors (float32, flat).
 
     Returns the merged tensor, its diagnostics, and the numbers of non-finite task-vector entries and
     non-finite results."""
-    n_models, n = len(xs), base.numel()
-    out = torch.empty(n, dtype=torch.float32) if out is None else out
+    base = np.asarray(base)
+    n_models, n = len(xs), base.size
+    out = np.empty(n, np.float32) if out is None else np.asarray(out)
     if plan.survivors is not None:
         xs, is_delta = plan.survivors, True
         rule = np.zeros(n_models, np.int64)
@@ -142,10 +143,10 @@ def merge_planned(base: torch.Tensor, xs: Sequence[torch.Tensor], plan: Sparsity
         rule = plan.rule
     total = float(sum(params.weights))
     normalize = params.normalize and (params.method.consensus is not None or abs(total) >= 1e-8)
-    counts = F.combine(_arrays(xs), base.numpy(), is_delta, rule, plan.thr, plan.cutoff, plan.lo, plan.density,
+    counts = F.combine(_arrays(xs), base, is_delta, rule, plan.thr, plan.cutoff, plan.lo, plan.density,
                        plan.key, plan.scale, plan.scale_mode, params.weights,
                        1 if params.method.consensus == "sum" else 0, normalize, total, params.lam, True,
-                       out.numpy())
+                       out)
     kept, contested, conflicts, bad_in, bad_out = (int(c) for c in counts)
-    stats = K.KernelStats(kept / max(n_models * n, 1), conflicts / contested if contested else 0.0)
+    stats = KernelStats(kept / max(n_models * n, 1), conflicts / contested if contested else 0.0)
     return out, stats, bad_in + (0 if plan.inputs_finite else 1), bad_out

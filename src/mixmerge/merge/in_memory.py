@@ -127,24 +127,24 @@ class InMemoryMerger:
     def _merge_fused(self, name, base, deltas, params, cache, target):
         """A task-vector method through the fused CPU kernels; the sparsity plan (thresholds, DELLA's
         survivors) is cached across trials that share densities, epsilons, seed and rescale."""
-        flat_base = base.reshape(-1)
-        rows = list(deltas.reshape(deltas.shape[0], -1))
+        flat_base = base.reshape(-1).numpy()
+        rows = list(deltas.reshape(deltas.shape[0], -1).numpy())
         plan = cache.get(name) if cache is not None else None
         if plan is None:
             orders = self._rank_orders.setdefault(name, [None] * len(rows)) if self.cache_sparse else None
             old = self._recycled.pop(name, None)
-            scratch = old.survivors.view(-1) if old is not None and old.survivors is not None else None
+            scratch = old.survivors.reshape(-1) if old is not None and old.survivors is not None else None
             plan = fast_gta.plan_sparsity(name, flat_base, rows, params, is_delta=True, shape=tuple(base.shape),
                                           rank_orders=orders, scratch=scratch)
             if cache is not None:
                 cache[name] = plan
         direct = (target is not None and target.dtype == torch.float32 and target.device.type == "cpu"
                   and target.is_contiguous() and target.shape == base.shape)
-        out = target.data.view(-1) if direct else None
+        out = target.data.view(-1).numpy() if direct else None
         merged, stats, _, bad_out = fast_gta.merge_planned(flat_base, rows, plan, params, is_delta=True, out=out)
         if bad_out:
             raise ValueError(f"the merge of tensor {name!r} produced NaN/Inf; check merge.weights and merge.lambda")
-        return (None if direct else merged.view(base.shape)), stats
+        return (None if direct else torch.from_numpy(merged).view(base.shape)), stats
 
     @torch.no_grad()
     def merge_into(self, model: torch.nn.Module, merge_cfg: Mapping[str, Any]) -> dict:

@@ -1,8 +1,11 @@
 """Tensor I/O for merging: lazy reads from HF folders and peft adapters, streamed sharded writes.
 
-Reading goes through ``safetensors.safe_open`` (memory-mapped), one tensor at a time. Writing knows
-every output tensor's shape and dtype up front, so each shard's header is written first and the tensor
-bytes are appended as they are computed: no shard is ever held in memory.
+Reading parses the safetensors header itself and reads one tensor at a time (``pread``, or a private
+memory map for zero-copy views). Writing knows every output tensor's shape and dtype up front, so each
+shard's header is written first and the tensor bytes are appended as they are computed: no shard is
+ever held in memory. Dtypes are safetensors names ("F32", "BF16", ...); the numpy side (``array``,
+``read_f32_into``, ``write_array``) never imports torch, the torch side (``view``, ``get``,
+``read_into``, ``write``) imports it on first use.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors import safe_open
 
 WEIGHTS_FILE = "model.safetensors"
@@ -25,21 +27,36 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
-_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-              torch.bool: "BOOL"}
-_DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# safetensors dtype -> (torch dtype name, numpy dtype holding its bytes: bfloat16 as raw uint16)
+_DTYPES = {"F32": ("float32", np.float32), "F16": ("float16", np.float16), "BF16": ("bfloat16", np.uint16),
+           "F64": ("float64", np.float64), "I64": ("int64", np.int64), "I32": ("int32", np.int32),
+           "I16": ("int16", np.int16), "I8": ("int8", np.int8), "U8": ("uint8", np.uint8), "BOOL": ("bool", np.bool_)}
+_ST_BY_TORCH_NAME = {torch_name: st for st, (torch_name, _) in _DTYPES.items()}
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")  # the tensors that get merged
+OUTPUT_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}  # merge.dtype -> safetensors name
 
 
-def dtype_from_name(name: str) -> torch.dtype:
-    return _DTYPE_BY_NAME[name]
+def st_dtype(dtype) -> str:
+    """The safetensors name of a torch dtype (or of a safetensors name: checked and returned)."""
+    name = dtype if isinstance(dtype, str) else _ST_BY_TORCH_NAME.get(str(dtype).removeprefix("torch."))
+    if name not in _DTYPES:
+        raise ValueError(f"unsupported tensor dtype {dtype}")
+    return name
+
+
+def torch_dtype(st: str):
+    import torch
+
+    return getattr(torch, _DTYPES[st][0])
+
+
+def torch_name(st: str) -> str:
+    """"BF16" -> "bfloat16" (as config.json spells it)."""
+    return _DTYPES[st][0]
 
 
 def is_adapter_folder(path: Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
-
-
-_TORCH_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
 
 
 class _SafetensorsFile:
@@ -56,16 +73,24 @@ class _SafetensorsFile:
         self.entries: dict[str, dict] = header
         self._map: mmap.mmap | None = None
 
-    def view(self, name: str) -> torch.Tensor:
-        """A zero-copy tensor over the file's bytes (a private, copy-on-write memory map): no read,
-        no copy. Call ``release`` when done so the pages leave this process's RSS."""
+    def array(self, name: str) -> np.ndarray:
+        """A zero-copy numpy array over the file's bytes (a private, copy-on-write memory map): no read,
+        no copy (bfloat16 as its raw uint16 bits). Call ``release`` when done so the pages leave this
+        process's RSS."""
         entry = self.entries[name]
-        dtype = self._dtype(name)
+        np_dtype = _DTYPES[self._dtype(name)][1]
         begin, end = entry["data_offsets"]
         if self._map is None:
             self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_COPY)
-        array = np.frombuffer(self._map, dtype=np.uint8, count=end - begin, offset=self.data_start + begin)
-        return torch.from_numpy(array).view(dtype).reshape(entry["shape"])
+        raw = np.frombuffer(self._map, dtype=np.uint8, count=end - begin, offset=self.data_start + begin)
+        return raw.view(np_dtype).reshape(entry["shape"])
+
+    def view(self, name: str):
+        """``array`` as a torch tensor of the file's dtype (zero-copy)."""
+        import torch
+
+        raw = self.array(name)
+        return torch.from_numpy(raw.reshape(-1).view(np.uint8)).view(torch_dtype(self._dtype(name))).reshape(raw.shape)
 
     def release(self, name: str) -> None:
         """Drop a viewed tensor's pages from this process (the page cache keeps them)."""
@@ -77,33 +102,58 @@ class _SafetensorsFile:
         if last > first:
             self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
-    def _dtype(self, name: str) -> torch.dtype:
-        dtype = _TORCH_DTYPES.get(self.entries[name]["dtype"])
-        if dtype is None:
-            raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {self.entries[name]['dtype']}")
+    def _dtype(self, name: str) -> str:
+        dtype = self.entries[name]["dtype"]
+        if dtype not in _DTYPES:
+            raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype}")
         return dtype
 
-    def get(self, name: str) -> torch.Tensor:
-        out = torch.empty(self.entries[name]["shape"], dtype=self._dtype(name))
-        self._pread_into(name, out)
+    def get(self, name: str):
+        import torch
+
+        out = torch.empty(self.entries[name]["shape"], dtype=torch_dtype(self._dtype(name)))
+        self._pread_into(name, out.view(-1).view(torch.uint8).numpy())
         return out
 
-    def read_into(self, name: str, out: torch.Tensor) -> None:
+    def read_into(self, name: str, out) -> None:
         """Fill the contiguous CPU tensor ``out`` (reused across tensors: no allocation, no page faults);
         the bytes go straight in when shape and dtype match, else through a converting copy (rows
         beyond ``out``'s are dropped: the embedding-truncation policy)."""
         entry = self.entries[name]
-        if _TORCH_DTYPES.get(entry["dtype"]) == out.dtype and list(out.shape) == entry["shape"]:
-            self._pread_into(name, out)
+        if self._dtype(name) == st_dtype(out.dtype) and list(out.shape) == entry["shape"]:
+            import torch
+
+            self._pread_into(name, out.view(-1).view(torch.uint8).numpy())
         else:
             src = self.get(name)
             out.copy_(src[: out.shape[0]] if out.dim() and src.shape[0] != out.shape[0] else src)
 
-    def _pread_into(self, name: str, out: torch.Tensor) -> None:
+    def read_f32_into(self, name: str, out: np.ndarray) -> None:
+        """Fill the contiguous float32 array ``out`` with the tensor as float32 (rows beyond ``out``'s
+        are dropped): float32 bytes go straight in; float16, bfloat16 and float64 are converted exactly
+        as torch's ``.float()`` does (bfloat16 is the upper half of a float32; float64 rounds to nearest)."""
+        dtype = self._dtype(name)
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{self.path}: tensor {name!r} is {dtype}, not a float tensor")
+        if dtype == "F32" and list(out.shape) == self.entries[name]["shape"]:
+            self._pread_into(name, out.reshape(-1).view(np.uint8))
+            return
+        src = self.array(name)
+        src = src[: out.shape[0]] if out.ndim and src.shape[0] != out.shape[0] else src
+        try:
+            if dtype == "BF16":
+                np.left_shift(src.astype(np.uint32), 16, out=out.view(np.uint32))
+            else:
+                out[...] = src
+        finally:
+            self.release(name)
+
+    def _pread_into(self, name: str, out: np.ndarray) -> None:
+        """Read the tensor's bytes into the uint8 array ``out``."""
         begin, end = self.entries[name]["data_offsets"]
         if end == begin:
             return
-        view, offset = memoryview(out.view(-1).view(torch.uint8).numpy()), self.data_start + begin
+        view, offset = memoryview(out), self.data_start + begin
         while view.nbytes:  # pread may return less than asked for
             n = os.preadv(self.fd, [view], offset)
             if n <= 0:
@@ -148,15 +198,27 @@ class SafetensorsFolder:
         return tuple(self._file_of[name].entries[name]["shape"])
 
     def dtype_str(self, name: str) -> str:
-        return self._file_of[name].entries[name]["dtype"]
+        """The tensor's safetensors dtype ("F32", "BF16", ...); an unsupported one is an error naming it."""
+        return self._file_of[name]._dtype(name)
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str):
         return self._file_of[name].get(name)
 
-    def read_into(self, name: str, out: torch.Tensor) -> None:
+    def read_into(self, name: str, out) -> None:
         self._file_of[name].read_into(name, out)
 
-    def view(self, name: str) -> torch.Tensor:
+    def read_f32_into(self, name: str, out: np.ndarray) -> None:
+        self._file_of[name].read_f32_into(name, out)
+
+    def read_f32(self, name: str) -> np.ndarray:
+        out = np.empty(self.shape(name), np.float32)
+        self.read_f32_into(name, out)
+        return out
+
+    def array(self, name: str) -> np.ndarray:
+        return self._file_of[name].array(name)
+
+    def view(self, name: str):
         return self._file_of[name].view(name)
 
     def release(self, name: str) -> None:
@@ -234,7 +296,7 @@ class LoraAdapterSource:
     def dtype_str(self, name: str) -> str:
         return self.base.dtype_str(name)
 
-    def delta(self, name: str) -> torch.Tensor | None:
+    def delta(self, name: str):
         """The adapter's additive change to ``name`` (float32), or None where it changes nothing."""
         if name in self._lora:
             a_key, b_key = self._lora[name]
@@ -248,16 +310,21 @@ class LoraAdapterSource:
             return self._handle.get_tensor(self._whole[name]).float() - self.base.get(name).float()
         return None
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str):
         base = self.base.get(name)
         delta = self.delta(name)
         return base if delta is None else base.float() + delta
 
-    def read_into(self, name: str, out: torch.Tensor) -> None:
+    def read_into(self, name: str, out) -> None:
         self.base.read_into(name, out)
         delta = self.delta(name)
         if delta is not None:
             out.add_(delta)
+
+    def read_f32_into(self, name: str, out: np.ndarray) -> None:
+        import torch
+
+        self.read_into(name, torch.from_numpy(out))
 
     def close(self) -> None:
         del self._handle
@@ -281,10 +348,10 @@ def open_source(path: Path, base: SafetensorsFolder | None):
     return SafetensorsFolder(path)
 
 
-def plan_shards(entries: Sequence[tuple[str, tuple[int, ...], torch.dtype]], shard_size_bytes: int):
-    """Split ``(name, shape, dtype)`` entries, in order, into shards of at most ``shard_size_bytes``
-    (a tensor larger than that gets a shard of its own)."""
-    shards: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = [[]]
+def plan_shards(entries: Sequence[tuple[str, tuple[int, ...], str]], shard_size_bytes: int):
+    """Split ``(name, shape, safetensors dtype)`` entries, in order, into shards of at most
+    ``shard_size_bytes`` (a tensor larger than that gets a shard of its own)."""
+    shards: list[list[tuple[str, tuple[int, ...], str]]] = [[]]
     size = 0
     for entry in entries:
         nbytes = _nbytes(entry[1], entry[2])
@@ -296,20 +363,21 @@ def plan_shards(entries: Sequence[tuple[str, tuple[int, ...], torch.dtype]], sha
     return shards
 
 
-def _nbytes(shape: Iterable[int], dtype: torch.dtype) -> int:
+def _nbytes(shape: Iterable[int], dtype: str) -> int:
     n = 1
     for s in shape:
         n *= int(s)
-    return n * torch.empty((), dtype=dtype).element_size()
+    return n * np.dtype(_DTYPES[dtype][1]).itemsize
 
 
 class StreamingShardWriter:
     """Writes tensors, in plan order, straight into pre-headed safetensors shards plus an index."""
 
-    def __init__(self, out_dir: Path, entries: Sequence[tuple[str, tuple[int, ...], torch.dtype]],
+    def __init__(self, out_dir: Path, entries: Sequence[tuple[str, tuple[int, ...], object]],
                  shard_size_bytes: int):
+        """``entries``: (name, shape, dtype) in write order; dtype a safetensors name or a torch dtype."""
         self.out_dir = Path(out_dir)
-        self.shards = plan_shards(entries, shard_size_bytes)
+        self.shards = plan_shards([(n, tuple(s), st_dtype(d)) for n, s, d in entries], shard_size_bytes)
         n = len(self.shards)
         self.files = [WEIGHTS_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
         self._order = [(si, e) for si, shard in enumerate(self.shards) for e in shard]
@@ -325,7 +393,7 @@ class StreamingShardWriter:
         offset = 0
         for name, shape, dtype in self.shards[si]:
             nbytes = _nbytes(shape, dtype)
-            header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
             offset += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
@@ -334,15 +402,27 @@ class StreamingShardWriter:
         self._fh.write(raw)
         self._shard = si
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        si, (expected, shape, dtype) = self._order[self._pos]
-        if name != expected or tuple(tensor.shape) != tuple(shape) or tensor.dtype != dtype:
-            raise RuntimeError(f"writer expected {expected} {shape} {dtype}, got {name} "
-                               f"{tuple(tensor.shape)} {tensor.dtype}")
+    def write(self, name: str, tensor) -> None:
+        """Append a torch tensor (its dtype must be the planned one)."""
+        import torch
+
+        data = tensor.detach().contiguous().cpu()
+        self._append(name, tuple(data.shape), _ST_BY_TORCH_NAME.get(str(data.dtype).removeprefix("torch.")),
+                     data.view(torch.uint8).reshape(-1).numpy())
+
+    def write_array(self, name: str, array: np.ndarray) -> None:
+        """Append a numpy array holding the planned dtype's bytes (bfloat16: raw uint16)."""
+        _, (_, _, dtype) = self._order[self._pos]
+        got = dtype if array.dtype == _DTYPES[dtype][1] else str(array.dtype)
+        self._append(name, tuple(array.shape), got, np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+
+    def _append(self, name: str, shape: tuple[int, ...], dtype: str | None, data: np.ndarray) -> None:
+        si, (expected, want_shape, want_dtype) = self._order[self._pos]
+        if name != expected or shape != tuple(want_shape) or dtype != want_dtype:
+            raise RuntimeError(f"writer expected {expected} {want_shape} {want_dtype}, got {name} {shape} {dtype}")
         if si != self._shard:
             self._open(si)
-        data = tensor.detach().contiguous().cpu()
-        self._fh.write(data.view(torch.uint8).reshape(-1).numpy().data if data.numel() else b"")  # no copy
+        self._fh.write(data.data if data.size else b"")  # no copy
         self._pos += 1
 
     def close(self) -> None:

@@ -14,14 +14,12 @@ methods run through the fused kernels of ``fused.py``, tested equal to these (te
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
-RESCALE_MODES = ("l1", "inverse_prob")
+from mixmerge.merge.common import RESCALE_MODES, KernelStats, tensor_key  # noqa: F401 - part of the reference
 
 
 def task_vector(finetuned: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
@@ -30,13 +28,6 @@ def task_vector(finetuned: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
 
 
 _GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
-
-
-def tensor_key(seed: int, tensor_name: str, model_index: int) -> int:
-    """A 64-bit key that depends only on (seed, tensor name, model index): random masks drawn from it
-    do not change with thread count, device, or the order tensors are merged in."""
-    digest = hashlib.sha256(f"{seed}\x00{tensor_name}\x00{model_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
 
 
 def _signed64(u: int) -> int:
@@ -224,15 +215,6 @@ def sign_consensus_mask(weighted_deltas: torch.Tensor) -> torch.Tensor:
     """
     elected_positive = weighted_deltas.sum(dim=0) >= 0
     return torch.where(elected_positive, weighted_deltas >= 0, weighted_deltas <= 0) & (weighted_deltas != 0)
-
-
-@dataclass(frozen=True)
-class KernelStats:
-    """Diagnostics for one tensor: the fraction of delta entries kept after sparsification (mean over
-    models) and the fraction of positions with >= 2 non-zero deltas whose signs disagree."""
-
-    kept_fraction: float
-    sign_conflict_rate: float
 
 
 def delta_stats(deltas: torch.Tensor) -> KernelStats:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mixmerge.merge.kernels import RESCALE_MODES
+from mixmerge.merge.common import RESCALE_MODES
 from mixmerge.merge.registry import MergeMethod, get_method
 
 DTYPES = ("float32", "bfloat16", "float16")

@@ -9,9 +9,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from mixmerge.merge.io import LoraAdapterSource
+from mixmerge.merge.io import LoraAdapterSource, SafetensorsFolder
 
 ARCH_KEYS = ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
              "num_attention_heads", "num_key_value_heads", "tie_word_embeddings", "vocab_size")
@@ -97,14 +97,19 @@ def check_tensors(base, sources: Sequence, labels: Sequence[str], vocab_policy: 
     return shapes
 
 
-def check_finite(name: str, tensor: torch.Tensor, label: str) -> None:
-    if not tensor.is_floating_point():
-        return
-    # A finite sum proves every entry finite (NaN/Inf propagate) in one pass without a mask tensor;
-    # only an overflowing sum needs the exact check.
-    if torch.isfinite(tensor.sum()):
-        return
-    if not bool(torch.isfinite(tensor).all()):
+def check_finite(name: str, tensor, label: str) -> None:
+    """A torch tensor or a numpy array (the fused path's) must hold no NaN/Inf."""
+    if isinstance(tensor, np.ndarray):
+        if tensor.dtype.kind != "f":
+            return
+        # A finite sum proves every entry finite (NaN/Inf propagate) in one pass without a mask;
+        # only an overflowing sum needs the exact check.
+        finite = bool(np.isfinite(tensor.sum(dtype=np.float64))) or bool(np.isfinite(tensor).all())
+    else:
+        if not tensor.is_floating_point():
+            return
+        finite = bool(tensor.sum().isfinite()) or bool(tensor.isfinite().all())
+    if not finite:
         raise ValueError(f"NaN/Inf in input: tensor {name!r} of {label} has non-finite values; "
                          f"fix or re-train that model before merging")
 
@@ -118,15 +123,22 @@ def check_same_base(base, sources: Sequence, labels: Sequence[str], max_relative
     if not probes:
         probes = [n for n in base.names() if len(base.shape(n)) == 2][:n_probe]
     for name in probes:
-        b = base.get(name).float()
-        denom = float(b.norm())
+        b = _as_f32(base, name)
+        denom = float(np.linalg.norm(b))
         if denom == 0:
             continue
         for src, label in zip(sources, labels, strict=True):
             if isinstance(src, LoraAdapterSource):
                 continue
-            dist = float((src.get(name).float() - b).norm()) / denom
+            dist = float(np.linalg.norm(_as_f32(src, name) - b)) / denom
             if dist > max_relative_distance:
                 raise ValueError(f"merge.base does not look like the base of {label}: tensor {name!r} differs "
                                  f"by {dist:.0%} of its norm (> merge.max_base_distance={max_relative_distance}); "
                                  f"pass the model the specialists were fine-tuned from")
+
+
+def _as_f32(src, name: str) -> np.ndarray:
+    """A tensor as a float32 numpy array (through torch for sources that only speak torch)."""
+    if isinstance(src, SafetensorsFolder):
+        return src.read_f32(name)
+    return src.get(name).float().numpy()
