@@ -400,28 +400,24 @@ def test_della_rank_order_when_many_keys_share_their_top_24_bits():
     assert int(torch.count_nonzero(got)) > 0
 
 
-def test_in_memory_della_new_density_reuses_rank_orders(tiny_base, specialists):
-    """With the paper's 1/p rescale every survivor needs its exact rank: the second DELLA trial (another
-    density, epsilon and seed) reads the rank orders stored by the first instead of sorting, and gives
-    exactly what a fresh merger computes for it. With the default L1 rescale no order is stored (the keep
-    decisions come from rank bands, as fast as reading stored orders)."""
+@pytest.mark.parametrize("rescale_mode", ["l1", "inverse_prob"])
+def test_in_memory_della_new_density_reuses_ranks(rescale_mode, tiny_base, specialists):
+    """The second DELLA trial (another density, epsilon and seed) reads the within-row ranks stored by
+    the first instead of ranking again, and gives exactly what a fresh merger computes for it."""
     from mixmerge.models import load_model
 
     tiny_model = load_model(tiny_base)
-    cfg = {"method": "della", "density": 0.5, "epsilon": 0.1, "weight": 0.4, "seed": 1,
-           "rescale_mode": "inverse_prob"}
+    cfg = {"method": "della", "density": 0.5, "epsilon": 0.1, "weight": 0.4, "seed": 1, "rescale_mode": rescale_mode}
     second = {**cfg, "density": 0.3, "epsilon": 0.2, "seed": 2}
     merger = InMemoryMerger(tiny_base, specialists)
     merger.merge_into(tiny_model, cfg)
-    assert merger._rank_orders and all(o is not None for orders in merger._rank_orders.values() for o in orders)
+    assert merger._ranks and all(r is not None and r.dtype == np.int16
+                                 for ranks in merger._ranks.values() for r in ranks)
     merger.merge_into(tiny_model, second)
     reused = {k: v.detach().clone() for k, v in tiny_model.state_dict().items()}
     InMemoryMerger(tiny_base, specialists, cache_sparse=False).merge_into(tiny_model, second)
     for name, value in tiny_model.state_dict().items():
         assert torch.equal(value, reused[name]), name
-    l1 = InMemoryMerger(tiny_base, specialists)
-    l1.merge_into(tiny_model, {**cfg, "rescale_mode": "l1"})
-    assert all(o is None for orders in l1._rank_orders.values() for o in orders)
 
 
 def _della_rows(kind: str, rows: int, cols: int) -> np.ndarray:
@@ -449,7 +445,8 @@ def _della_rows(kind: str, rows: int, cols: int) -> np.ndarray:
 @pytest.mark.parametrize(("rows", "cols"), [(40, 576), (12, 1536), (3, 11008), (9, 33)])
 def test_della_rank_bands_decide_like_the_full_ranking(kind, rows, cols):
     """Without the 1/p rescale DELLA decides keep/drop from rank bands (``_keep_by_bucket``); the survivors
-    must equal those of the full stable ranking (the SORT_AND_STORE mode ranks every row), for smooth,
+    must equal those of the full stable ranking (the SORT_AND_STORE mode ranks every row, and stores the
+    ranks that USE_STORED reads), for smooth,
     tied, zero-heavy and one-band rows, short and long (finer buckets beyond 1024 columns)."""
     d = _della_rows(kind, rows, cols).reshape(-1)
     n = d.size
@@ -457,9 +454,16 @@ def test_della_rank_bands_decide_like_the_full_ranking(kind, rows, cols):
     by_bands, ranked = np.empty(n, np.float32), np.empty(n, np.float32)
     key = K.tensor_key(3, "w", 0)
     sums_bands = F.della_sparsify(xs, base, 0, True, rows, 0.5, 0.15, key, False, by_bands)
-    sums_ranked = F.della_sparsify(xs, base, 0, True, rows, 0.5, 0.15, key, False, ranked,
-                                   np.empty(n, np.int32), F.SORT_AND_STORE)
+    ranks = np.empty(n, F.rank_dtype(cols))
+    sums_ranked = F.della_sparsify(xs, base, 0, True, rows, 0.5, 0.15, key, False, ranked, ranks, F.SORT_AND_STORE)
     assert np.array_equal(by_bands.view(np.int32), ranked.view(np.int32))
     assert sums_bands == sums_ranked
+    # the stored ranks are each row's stable ranking, and reading them decides the same
+    want = np.argsort(np.argsort(np.abs(d).reshape(rows, cols), axis=1, kind="stable"), axis=1, kind="stable")
+    assert np.array_equal(ranks.reshape(rows, cols), want)
+    from_ranks = np.empty(n, np.float32)
+    assert F.della_sparsify(xs, base, 0, True, rows, 0.5, 0.15, key, False, from_ranks, ranks,
+                            F.USE_STORED) == sums_ranked
+    assert np.array_equal(from_ranks.view(np.int32), ranked.view(np.int32))
     kept = np.count_nonzero(ranked) / max(np.count_nonzero(d), 1)
     assert 0.4 < kept < 0.6  # about the density: the draws did decide

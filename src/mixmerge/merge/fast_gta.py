@@ -49,13 +49,14 @@ def _arrays(xs) -> tuple[np.ndarray, ...]:
 
 def plan_sparsity(tensor_name: str, base: np.ndarray, xs: Sequence[np.ndarray], params: MergeParams,
                   *, is_delta: bool, shape: tuple[int, ...], scratch: np.ndarray | None = None,
-                  rank_orders: list | None = None) -> SparsityPlan:
+                  ranks: list | None = None) -> SparsityPlan:
     """Decide what every model keeps. ``xs`` holds one flat tensor per model: full weights, or task vectors when
     ``is_delta``; ``base`` is the flat base tensor; ``shape`` the tensor's (DELLA ranks within rows).
     DELLA writes its survivors into ``scratch`` (n_models * n floats) when given: a streamed merge
-    reuses one buffer for every tensor instead of faulting in fresh pages. ``rank_orders`` (a list with
-    one slot per model, kept by the caller across calls on the same task vectors) stores DELLA's
-    per-row rank orders on the first call and reuses them after: a sweep re-plans without sorting."""
+    reuses one buffer for every tensor instead of faulting in fresh pages. ``ranks`` (a list with one
+    slot per model, kept by the caller across calls on the same task vectors) stores every entry's
+    rank within its row on DELLA's first call and reuses them after: a sweep re-plans with one gather
+    per entry instead of ranking again."""
     base_np, xs_np = np.asarray(base), _arrays(xs)
     n_models, n = len(xs_np), base_np.size
     kind, rescale = params.method.sparsify, params.rescale
@@ -67,7 +68,7 @@ def plan_sparsity(tensor_name: str, base: np.ndarray, xs: Sequence[np.ndarray], 
     if kind == "della":
         n_rows = shape[0] if len(shape) >= 2 else 1
         return _plan_della(tensor_name, base_np, xs_np, params, plan, is_delta=is_delta, n_rows=n_rows,
-                           scratch=scratch, rank_orders=rank_orders)
+                           scratch=scratch, ranks=ranks)
     for i in range(n_models):
         density = params.densities[i]
         if kind is None or density >= 1 or n == 0:
@@ -98,7 +99,7 @@ def plan_sparsity(tensor_name: str, base: np.ndarray, xs: Sequence[np.ndarray], 
     return plan
 
 
-def _plan_della(tensor_name, base_np, xs_np, params, plan, *, is_delta, n_rows, scratch, rank_orders):
+def _plan_della(tensor_name, base_np, xs_np, params, plan, *, is_delta, n_rows, scratch, ranks):
     n_models, n = len(xs_np), base_np.size
     survivors = (np.empty((n_models, n), np.float32) if scratch is None
                  else np.asarray(scratch).reshape(-1)[: n_models * n].reshape(n_models, n))
@@ -108,16 +109,16 @@ def _plan_della(tensor_name, base_np, xs_np, params, plan, *, is_delta, n_rows, 
         if density >= 1:
             np.subtract(xs_np[i], 0 if is_delta else base_np, out=out)
             continue
-        orders, mode = None, F.SORT
-        if rank_orders is not None and params.rescale == "inverse_prob":  # else no full ranking is done
-            if rank_orders[i] is None:
-                rank_orders[i], mode = np.empty(n, np.int32), F.SORT_AND_STORE
+        stored, mode = None, F.SORT
+        if ranks is not None:
+            if ranks[i] is None:
+                ranks[i], mode = np.empty(n, F.rank_dtype(n // n_rows)), F.SORT_AND_STORE
             else:
                 mode = F.USE_STORED
-            orders = rank_orders[i]
+            stored = ranks[i]
         before, after = F.della_sparsify(xs_np, base_np, i, is_delta, n_rows, density, params.epsilons[i],
                                          tensor_key(params.seed, tensor_name, i),
-                                         params.rescale == "inverse_prob", out, orders, mode)
+                                         params.rescale == "inverse_prob", out, stored, mode)
         if not math.isfinite(before):
             plan.inputs_finite = False
         if params.rescale == "l1" and before >= 1e-7 and after >= 1e-7:

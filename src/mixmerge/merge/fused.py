@@ -543,22 +543,22 @@ def _keep_by_bucket(d_row, u_row, k_row, b_row, t_row, flag, members, rank_row, 
     return True
 
 
-# What _della_sparsify does with ``orders`` (each row's columns in ascending |delta| order): sort and
-# forget, sort and store, or read the stored order (a sweep re-plans DELLA without sorting again).
+# What _della_sparsify does with ``ranks`` (each entry's stable rank within its row): rank as needed and
+# forget, rank every row and store, or read the stored ranks (a sweep re-plans DELLA without ranking).
 SORT, SORT_AND_STORE, USE_STORED = 0, 1, 2
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _della_sparsify(xs, base, i, is_delta, n_rows, low, span, key, inverse_prob, orders, order_mode, shift, n_buckets,
+def _della_sparsify(xs, base, i, is_delta, n_rows, low, span, key, inverse_prob, ranks, order_mode, shift, n_buckets,
                     out):
     """MagPrune for model i, row by row: keep entry c with probability ``low + rank_c / (cols - 1) *
     span`` (low = density - eps, span = 2 eps; rank_c: its |delta|'s rank within the row, ties by column,
     as a stable sort), write the survivors (divided by their probability when ``inverse_prob``) to
-    ``out``. Without ``inverse_prob`` only the keep decision needs the rank, and ``_keep_by_bucket``
-    decides almost every entry from rank bands; otherwise (or when it gives up on a row) the row is
-    ranked by ``_rank_order`` (or ``orders``, when it holds the ranking). The row's deltas and draws are
-    computed first in simple loops (they vectorize). Returns per-row float64 sums of |delta| and
-    |survivor|."""
+    ``out``. With stored ``ranks`` that is one gather from the probability table per entry. Otherwise,
+    without ``inverse_prob`` only the keep decision needs the rank, and ``_keep_by_bucket`` decides
+    almost every entry from rank bands; with it (or when the bands give up on a row, or the ranks are to
+    be stored) the row is sorted by ``_rank_order``. The row's deltas and draws are computed first in
+    simple loops (they vectorize). Returns per-row float64 sums of |delta| and |survivor|."""
     n = xs[0].shape[0]
     n_cols = n // n_rows
     sums = np.zeros((n_rows, 2), np.float64)
@@ -590,18 +590,21 @@ def _della_sparsify(xs, base, i, is_delta, n_rows, low, span, key, inverse_prob,
                 d_row[c] = _delta(x, base, start + c, is_delta)
             for c in range(n_cols):
                 u_row[c] = _uniform(key, start + c)
-            if inverse_prob or order_mode == SORT_AND_STORE or not (_keep_by_bucket(d_row, u_row, k_row, i_a, t_row, i_b, k_b.view(np.int32),
-                                                   rank_row, start_of, fill, state, p_lo, p_hi, keep_prob, shift,
-                                                   n_buckets, out, start, n_cols)):
-                if order_mode == USE_STORED:
-                    for c in range(n_cols):
-                        i_a[c] = orders[start + c]
-                    order = i_a
-                else:
-                    order = _rank_order(d_row, k_a, i_a, k_b, i_b, hist, n_cols)
-                    if order_mode == SORT_AND_STORE:
-                        for c in range(n_cols):
-                            orders[start + c] = order[c]
+            if order_mode == USE_STORED:
+                for c in range(n_cols):
+                    t_row[c] = keep_prob[ranks[start + c]]
+                for c in range(n_cols):
+                    d = d_row[c]
+                    p = t_row[c]
+                    kept = d / p if inverse_prob else d
+                    out[start + c] = kept if u_row[c] < p else np.float32(0.0)
+            elif inverse_prob or order_mode == SORT_AND_STORE or not _keep_by_bucket(
+                    d_row, u_row, k_row, i_a, t_row, i_b, k_b.view(np.int32), rank_row, start_of, fill, state, p_lo,
+                    p_hi, keep_prob, shift, n_buckets, out, start, n_cols):
+                order = _rank_order(d_row, k_a, i_a, k_b, i_b, hist, n_cols)
+                if order_mode == SORT_AND_STORE:
+                    for rank in range(n_cols):
+                        ranks[start + order[rank]] = rank
                 for rank in range(n_cols):
                     c = order[rank]
                     d = d_row[c]
@@ -616,17 +619,23 @@ def _della_sparsify(xs, base, i, is_delta, n_rows, low, span, key, inverse_prob,
     return sums
 
 
+def rank_dtype(n_cols: int):
+    """The smallest integer type for ranks within rows of ``n_cols`` entries (stored ranks: 2 bytes an
+    entry for rows shorter than 32768)."""
+    return np.int16 if n_cols <= np.iinfo(np.int16).max + 1 else np.int32
+
+
 def della_sparsify(xs, base, i, is_delta, n_rows, density, epsilon, key, inverse_prob, out,
-                   orders: np.ndarray | None = None, order_mode: int = SORT) -> tuple[float, float]:
+                   ranks: np.ndarray | None = None, order_mode: int = SORT) -> tuple[float, float]:
     """Write model i's MagPrune survivors into ``out``; return (sum |delta|, sum |survivors|).
 
-    ``orders`` (int32, one entry per element) receives each row's rank order with ``SORT_AND_STORE``
-    and supplies it with ``USE_STORED``."""
-    if orders is None:
-        orders, order_mode = np.empty(1, np.int32), SORT
+    ``ranks`` (``rank_dtype``, one entry per element) receives every entry's rank within its row with
+    ``SORT_AND_STORE`` and supplies them with ``USE_STORED``."""
+    if ranks is None:
+        ranks, order_mode = np.empty(1, np.int32), SORT
     # density - epsilon and 2 epsilon in double, then rounded once: as the reference's Python scalars
     sums = _della_sparsify(xs, base, i, is_delta, n_rows, np.float32(density - epsilon), np.float32(2 * epsilon),
-                           np.uint64(key), inverse_prob, orders, order_mode,
+                           np.uint64(key), inverse_prob, ranks, order_mode,
                            *bucket_layout(xs[0].shape[0] // max(n_rows, 1)), out)
     return float(sums[:, 0].sum()), float(sums[:, 1].sum())
 

@@ -26,14 +26,14 @@ class InMemoryMerger:
         """``cache_sparse`` keeps the last trial's sparsity plan (on a CPU: thresholds and, for DELLA, its
         survivors, one more copy of the deltas; on a GPU: the sparsified task vectors), so trials that
         change only weights, lambda or normalize skip the sparsification; and, on a CPU, DELLA's per-row
-        rank orders (4 bytes per entry), so a DELLA trial with a new density or epsilon skips the sort."""
+        ranks (2 bytes per entry), so a DELLA trial with a new density or epsilon skips the ranking."""
         self.device = torch.device(device)
         self.cache_sparse = cache_sparse
         self._sparse_key: tuple | None = None
         self._sparse: dict[str, Any] = {}  # tensor name -> plan (CPU) or sparsified task vectors (GPU)
-        # DELLA's per-row rank orders (int32 per entry) depend only on the task vectors: computed on the
+        # DELLA's within-row ranks (int16 per entry) depend only on the task vectors: computed on the
         # first DELLA trial and reused by every later one, whatever its density, epsilon or seed.
-        self._rank_orders: dict[str, list] = {}
+        self._ranks: dict[str, list] = {}
         self._recycled: dict[str, fast_gta.SparsityPlan] = {}
         self.base_path = Path(base)
         self.model_paths = [Path(m) for m in models]
@@ -131,11 +131,11 @@ class InMemoryMerger:
         rows = list(deltas.reshape(deltas.shape[0], -1).numpy())
         plan = cache.get(name) if cache is not None else None
         if plan is None:
-            orders = self._rank_orders.setdefault(name, [None] * len(rows)) if self.cache_sparse else None
+            ranks = self._ranks.setdefault(name, [None] * len(rows)) if self.cache_sparse else None
             old = self._recycled.pop(name, None)
             scratch = old.survivors.reshape(-1) if old is not None and old.survivors is not None else None
             plan = fast_gta.plan_sparsity(name, flat_base, rows, params, is_delta=True, shape=tuple(base.shape),
-                                          rank_orders=orders, scratch=scratch)
+                                          ranks=ranks, scratch=scratch)
             if cache is not None:
                 cache[name] = plan
         direct = (target is not None and target.dtype == torch.float32 and target.device.type == "cpu"
