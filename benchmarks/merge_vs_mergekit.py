@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -58,6 +59,7 @@ print(json.dumps({"rc": rc, "wall_s": time.perf_counter() - t, "cpu_s": usage.ru
 """
 
 def measure(cmd: list[str], env: dict | None = None) -> dict:
+    os.sync()  # the previous run's output reaches the disk first: no tool pays for another's writeback
     out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if not lines:

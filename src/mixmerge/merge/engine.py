@@ -117,39 +117,14 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
             if fused is not None and base_src.dtype_str(name) in FLOAT_DTYPES:
                 merged, stats = _merge_fused(name, shape, params, base_src, sources, labels, fused, check_finite)
                 writer.write_array(name, _cast(merged, dtype, fused))
-                if stats is not None:
-                    per_tensor[name] = {"kept_fraction": round(stats.kept_fraction, 6),
-                                        "sign_conflict_rate": round(stats.sign_conflict_rate, 6)}
-                continue
-            import torch
-
-            from mixmerge.merge.combine import merge_tensor
-
-            rows = shape[0] if shape else None
-            base_t = _in_place(base_src, name)
-            tensors = [_in_place(src, name) for src in sources]
-            if check_finite and inputs_can_vanish:
-                _check_inputs_finite(name, base_t, tensors, labels)
-            if rows is not None and base_t.shape != shape:
-                base_t = base_t[:rows]
-            tensors = [t[:rows] if t.shape != shape else t for t in tensors]
-            if not base_t.is_floating_point():
-                writer.write(name, base_t)
-                continue
-            fisher_t = [f.get(name)[:rows] if f.shape(name) != shape else f.get(name) for f in fishers] \
-                if fishers else None
-            merged, stats = merge_tensor(name, base_t, tensors, params, fishers=fisher_t, n_layers=n_layers)
-            if check_finite and not bool(torch.isfinite(merged.sum())) and not bool(torch.isfinite(merged).all()):
-                _check_inputs_finite(name, base_t, tensors, labels)  # names the culprit input, if any
-                raise ValueError(f"the merge of tensor {name!r} produced NaN/Inf; check merge.weights and "
-                                 f"merge.lambda")
-            writer.write(name, merged.to(torch_dtype(dtype)))
+            else:
+                merged, stats = _merge_reference(name, shape, dtype, params, base_src, sources, labels, fishers,
+                                                 n_layers, check_finite, inputs_can_vanish)
+                writer.write(name, merged)
+            del merged
             if stats is not None:
                 per_tensor[name] = {"kept_fraction": round(stats.kept_fraction, 6),
                                     "sign_conflict_rate": round(stats.sign_conflict_rate, 6)}
-            del base_t, tensors, merged
-            for src in [base_src, *sources]:
-                _release(src, name)
         writer.close()
         copy_side_files(ref_path, tmp)
         _fix_config(tmp, out_dtype, shapes, names)
@@ -179,6 +154,39 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
             src.close()
     log.info("merged %d tensors with %s into %s in %.1f s", len(names), method.name, out, report["time_s"])
     return report
+
+
+def _merge_reference(name, shape, dtype, params, base_src, sources, labels, fishers, n_layers, check_finite,
+                     inputs_can_vanish):
+    """One tensor through the torch reference (``combine.merge_tensor``): the methods the fused kernels do
+    not cover, LoRA adapters (on the fused path too, through ``read_f32_into``) and integer tensors
+    (copied from the base). Returns the tensor to write, in ``dtype``, and its diagnostics."""
+    import torch
+
+    from mixmerge.merge.combine import merge_tensor
+
+    rows = shape[0] if shape else None
+    try:
+        base_t = _in_place(base_src, name)
+        tensors = [_in_place(src, name) for src in sources]
+        if check_finite and inputs_can_vanish:
+            _check_inputs_finite(name, base_t, tensors, labels)
+        if rows is not None and base_t.shape != shape:
+            base_t = base_t[:rows]
+        tensors = [t[:rows] if t.shape != shape else t for t in tensors]
+        if not base_t.is_floating_point():
+            return base_t, None  # released pages are read again from the file on use
+        fisher_t = [f.get(name)[:rows] if f.shape(name) != shape else f.get(name) for f in fishers] \
+            if fishers else None
+        merged, stats = merge_tensor(name, base_t, tensors, params, fishers=fisher_t, n_layers=n_layers)
+        if check_finite and not bool(torch.isfinite(merged.sum())) and not bool(torch.isfinite(merged).all()):
+            _check_inputs_finite(name, base_t, tensors, labels)  # names the culprit input, if any
+            raise ValueError(f"the merge of tensor {name!r} produced NaN/Inf; check merge.weights and "
+                             f"merge.lambda")
+        return merged.to(torch_dtype(dtype)), stats
+    finally:
+        for src in [base_src, *sources]:
+            _release(src, name)
 
 
 def _in_place(src, name: str):
