@@ -2,7 +2,8 @@
 
 ``kernels.py`` is the math as readable torch (the reference, and the GPU path); on a CPU the
 task-vector methods run through ``fused.py``/``fast_gta.py``, numba kernels that give the same numbers
-in a few passes, with no torch import at all on the streamed path (``common.py`` holds what both share).
+in a few passes; the streamed merge of those methods and of linear never imports torch (``common.py``
+holds what the two sides share).
 
 The lead calls ``validate_merge_config`` before any training, ``merge_folders`` to write a merged HF
 folder, ``InMemoryMerger`` for sweeps, ``standalone.run`` for ``strategy=merge``. The engines are

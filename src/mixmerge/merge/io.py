@@ -45,13 +45,14 @@ def st_dtype(dtype) -> str:
 
 
 def torch_dtype(st: str):
+    """The torch dtype of a safetensors name (imports torch)."""
     import torch
 
     return getattr(torch, _DTYPES[st][0])
 
 
 def torch_name(st: str) -> str:
-    """"BF16" -> "bfloat16" (as config.json spells it)."""
+    """A safetensors dtype as torch and config.json spell it: "BF16" -> "bfloat16"."""
     return _DTYPES[st][0]
 
 
