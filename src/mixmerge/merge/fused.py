@@ -441,6 +441,19 @@ _SCAN_ROW_UP_TO = 8  # up to this many undecided entries: ranked by scans of the
 _MIXED, _UNIFORM, _UNKNOWN = 0, 1, 2  # a bucket's keys: mixed, all equal, not looked at yet
 
 
+@njit(inline="always")
+def _precedes(kj, j, kc, c):
+    """1 if entry j (key kj) comes before entry c (key kc) in the stable ascending order, else 0."""
+    return 1 if (kj < kc) | ((kj == kc) & (j < c)) else 0
+
+
+@njit(inline="always")
+def _survivor(d, u, p, inverse_prob):
+    """A DELLA entry after its draw ``u`` against its keep probability ``p`` (a select: u is random)."""
+    kept = d / p if inverse_prob else d
+    return kept if u < p else np.float32(0.0)
+
+
 def bucket_layout(n_cols: int) -> tuple[int, int]:
     """(bits shifted off |delta|'s float bits, number of buckets) for rows of ``n_cols`` entries: 16
     buckets per octave up to 1024 columns, twice as many per doubling beyond (at most 256 per octave)."""
@@ -501,8 +514,7 @@ def _keep_by_bucket(d_row, u_row, k_row, b_row, t_row, flag, members, rank_row, 
             kc = k_row[c]
             rank = 0
             for j in range(m):
-                kj = k_row[j]
-                rank += 1 if (kj < kc) | ((kj == kc) & (j < c)) else 0
+                rank += _precedes(k_row[j], j, kc, c)
             if u_row[c] < keep_prob[rank]:
                 out[start + c] = d_row[c]
         return True
@@ -533,8 +545,7 @@ def _keep_by_bucket(d_row, u_row, k_row, b_row, t_row, flag, members, rank_row, 
             rank = lo
             for q in range(lo, hi):
                 j = members[q]
-                kj = k_row[j]
-                rank += 1 if (kj < kc) | ((kj == kc) & (j < c)) else 0
+                rank += _precedes(k_row[j], j, kc, c)
             budget -= hi - lo
         if budget < 0:
             return False
@@ -594,10 +605,7 @@ def _della_sparsify(xs, base, i, is_delta, n_rows, low, span, key, inverse_prob,
                 for c in range(n_cols):
                     t_row[c] = keep_prob[ranks[start + c]]
                 for c in range(n_cols):
-                    d = d_row[c]
-                    p = t_row[c]
-                    kept = d / p if inverse_prob else d
-                    out[start + c] = kept if u_row[c] < p else np.float32(0.0)
+                    out[start + c] = _survivor(d_row[c], u_row[c], t_row[c], inverse_prob)
             elif inverse_prob or order_mode == SORT_AND_STORE or not _keep_by_bucket(
                     d_row, u_row, k_row, i_a, t_row, i_b, k_b.view(np.int32), rank_row, start_of, fill, state, p_lo,
                     p_hi, keep_prob, shift, n_buckets, out, start, n_cols):
@@ -607,10 +615,7 @@ def _della_sparsify(xs, base, i, is_delta, n_rows, low, span, key, inverse_prob,
                         ranks[start + order[rank]] = rank
                 for rank in range(n_cols):
                     c = order[rank]
-                    d = d_row[c]
-                    p = keep_prob[rank]
-                    kept = d / p if inverse_prob else d
-                    out[start + c] = kept if u_row[c] < p else np.float32(0.0)  # a select: u is random
+                    out[start + c] = _survivor(d_row[c], u_row[c], keep_prob[rank], inverse_prob)
             before, after = 0.0, 0.0
             for c in range(n_cols):
                 before += abs(np.float64(d_row[c]))
@@ -631,12 +636,12 @@ def della_sparsify(xs, base, i, is_delta, n_rows, density, epsilon, key, inverse
 
     ``ranks`` (``rank_dtype``, one entry per element) receives every entry's rank within its row with
     ``SORT_AND_STORE`` and supplies them with ``USE_STORED``."""
-    if ranks is None:
-        ranks, order_mode = np.empty(1, np.int32), SORT
+    n_cols = xs[0].shape[0] // max(n_rows, 1)
+    if ranks is None:  # a placeholder of the stored ranks' type: one compiled kernel serves both callers
+        ranks, order_mode = np.empty(1, rank_dtype(n_cols)), SORT
     # density - epsilon and 2 epsilon in double, then rounded once: as the reference's Python scalars
     sums = _della_sparsify(xs, base, i, is_delta, n_rows, np.float32(density - epsilon), np.float32(2 * epsilon),
-                           np.uint64(key), inverse_prob, ranks, order_mode,
-                           *bucket_layout(xs[0].shape[0] // max(n_rows, 1)), out)
+                           np.uint64(key), inverse_prob, ranks, order_mode, *bucket_layout(n_cols), out)
     return float(sums[:, 0].sum()), float(sums[:, 1].sum())
 
 
