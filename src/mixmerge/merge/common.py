@@ -16,6 +16,13 @@ def tensor_key(seed: int, tensor_name: str, model_index: int) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+def weight_divisor(weights, normalize: bool) -> float:
+    """What a weighted average divides by: the weights' sum when normalizing, unless it is about 0 (then
+    the weighted sum is kept as is, as mergekit does)."""
+    total = float(sum(weights))
+    return total if normalize and abs(total) >= 1e-8 else 1.0
+
+
 @dataclass(frozen=True)
 class KernelStats:
     """Diagnostics for one tensor: the fraction of delta entries kept after sparsification (mean over

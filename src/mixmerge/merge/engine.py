@@ -27,6 +27,7 @@ from mixmerge.cache import write_json_atomic
 from mixmerge.merge import fast_gta
 from mixmerge.merge import fused as F
 from mixmerge.merge import validate as V
+from mixmerge.merge.common import weight_divisor
 from mixmerge.merge.io import (
     FLOAT_DTYPES,
     OUTPUT_DTYPES,
@@ -161,9 +162,7 @@ def _merge_reference(name, shape, dtype, params, base_src, sources, labels, fish
     """One tensor through the torch reference (``combine.merge_tensor``): the methods the fused kernels do
     not cover, LoRA adapters (on the fused path too, through ``read_f32_into``) and integer tensors
     (copied from the base). Returns the tensor to write, in ``dtype``, and its diagnostics."""
-    import torch
-
-    from mixmerge.merge.combine import merge_tensor
+    from mixmerge.merge.combine import merge_tensor  # imports torch
 
     rows = shape[0] if shape else None
     try:
@@ -179,7 +178,7 @@ def _merge_reference(name, shape, dtype, params, base_src, sources, labels, fish
         fisher_t = [f.get(name)[:rows] if f.shape(name) != shape else f.get(name) for f in fishers] \
             if fishers else None
         merged, stats = merge_tensor(name, base_t, tensors, params, fishers=fisher_t, n_layers=n_layers)
-        if check_finite and not bool(torch.isfinite(merged.sum())) and not bool(torch.isfinite(merged).all()):
+        if check_finite and not V.all_finite(merged):
             _check_inputs_finite(name, base_t, tensors, labels)  # names the culprit input, if any
             raise ValueError(f"the merge of tensor {name!r} produced NaN/Inf; check merge.weights and "
                              f"merge.lambda")
@@ -269,10 +268,9 @@ def _merge_linear(name, shape, params, sources, labels, buffers: FusedBuffers, c
     _, model_bufs, out = buffers.views(shape)
     xs = [_read_flat(src, name, shape, buf) for src, buf in zip(sources, model_bufs, strict=True)]
     try:
-        total = float(sum(params.weights))
-        divisor = total if params.normalize and abs(total) >= 1e-8 else 1.0
+        divisor = weight_divisor(params.weights, params.normalize)
         merged = F.weighted_sum(xs, [float(w) / divisor for w in params.weights], out)
-        if check_finite and not np.isfinite(merged.sum(dtype=np.float64)) and not np.isfinite(merged).all():
+        if check_finite and not V.all_finite(merged):
             for x, label in zip(xs, labels, strict=True):
                 V.check_finite(name, x.reshape(shape), label)
             raise ValueError(f"the merge of tensor {name!r} produced NaN/Inf; check merge.weights")

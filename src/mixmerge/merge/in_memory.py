@@ -14,6 +14,7 @@ from mixmerge.merge import fast_gta
 from mixmerge.merge import kernels as K
 from mixmerge.merge import validate as V
 from mixmerge.merge.combine import combine_sparse, sparsify_stack, sparsity_key
+from mixmerge.merge.common import weight_divisor
 from mixmerge.merge.io import SafetensorsFolder, open_source
 from mixmerge.merge.params import resolve_params
 
@@ -194,10 +195,9 @@ class InMemoryMerger:
 def _affine_coefficients(params) -> tuple[float, list[float]] | None:
     """(c0, [c_i]) when the method is an affine map of base and task vectors, else None."""
     method, w = params.method, params.weights
-    total = float(sum(w))
-    divisor = total if params.normalize and abs(total) >= 1e-8 else 1.0
+    divisor = weight_divisor(w, params.normalize)
     if method.kind == "linear":  # sum_i w_i (base + delta_i) / divisor
-        return total / divisor, [x / divisor for x in w]
+        return float(sum(w)) / divisor, [x / divisor for x in w]
     if method.kind == "gta" and method.sparsify is None and method.consensus is None:
         return 1.0, [params.lam * x / divisor for x in w]
     return None

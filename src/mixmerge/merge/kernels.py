@@ -19,7 +19,12 @@ from collections.abc import Sequence
 
 import torch
 
-from mixmerge.merge.common import RESCALE_MODES, KernelStats, tensor_key  # noqa: F401 - part of the reference
+from mixmerge.merge.common import (  # noqa: F401 - part of the reference
+    RESCALE_MODES,
+    KernelStats,
+    tensor_key,
+    weight_divisor,
+)
 
 
 def task_vector(finetuned: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
@@ -292,8 +297,7 @@ def merge_task_vectors(
 
 def linear_average(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True):
     """Model soup: sum_i w_i theta_i (/ sum_i w_i). Wortsman et al. 2022, https://arxiv.org/abs/2203.05482."""
-    total = float(sum(weights))
-    divisor = total if normalize and abs(total) >= 1e-8 else 1.0  # folded into the weights: one pass less
+    divisor = weight_divisor(weights, normalize)  # folded into the weights: one pass less
     out = tensors[0].float() * (float(weights[0]) / divisor)
     for t, w in zip(tensors[1:], weights[1:], strict=True):
         out.add_(t.float(), alpha=float(w) / divisor)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixmerge.merge.io import LoraAdapterSource, SafetensorsFolder
+from mixmerge.merge.io import LoraAdapterSource
 
 ARCH_KEYS = ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
              "num_attention_heads", "num_key_value_heads", "tie_word_embeddings", "vocab_size")
@@ -97,19 +97,23 @@ def check_tensors(base, sources: Sequence, labels: Sequence[str], vocab_policy: 
     return shapes
 
 
-def check_finite(name: str, tensor, label: str) -> None:
-    """A torch tensor or a numpy array (the fused path's) must hold no NaN/Inf."""
+def all_finite(tensor) -> bool:
+    """No NaN/Inf in a float torch tensor or numpy array (the fused path's); other dtypes are finite.
+
+    A finite sum proves every entry finite (NaN/Inf propagate) in one pass without a mask; only an
+    overflowing sum needs the exact check."""
     if isinstance(tensor, np.ndarray):
         if tensor.dtype.kind != "f":
-            return
-        # A finite sum proves every entry finite (NaN/Inf propagate) in one pass without a mask;
-        # only an overflowing sum needs the exact check.
-        finite = bool(np.isfinite(tensor.sum(dtype=np.float64))) or bool(np.isfinite(tensor).all())
-    else:
-        if not tensor.is_floating_point():
-            return
-        finite = bool(tensor.sum().isfinite()) or bool(tensor.isfinite().all())
-    if not finite:
+            return True
+        return bool(np.isfinite(tensor.sum(dtype=np.float64))) or bool(np.isfinite(tensor).all())
+    if not tensor.is_floating_point():
+        return True
+    return bool(tensor.sum().isfinite()) or bool(tensor.isfinite().all())
+
+
+def check_finite(name: str, tensor, label: str) -> None:
+    """A torch tensor or a numpy array (the fused path's) must hold no NaN/Inf."""
+    if not all_finite(tensor):
         raise ValueError(f"NaN/Inf in input: tensor {name!r} of {label} has non-finite values; "
                          f"fix or re-train that model before merging")
 
@@ -123,22 +127,15 @@ def check_same_base(base, sources: Sequence, labels: Sequence[str], max_relative
     if not probes:
         probes = [n for n in base.names() if len(base.shape(n)) == 2][:n_probe]
     for name in probes:
-        b = _as_f32(base, name)
+        b = base.read_f32(name)
         denom = float(np.linalg.norm(b))
         if denom == 0:
             continue
         for src, label in zip(sources, labels, strict=True):
             if isinstance(src, LoraAdapterSource):
                 continue
-            dist = float(np.linalg.norm(_as_f32(src, name) - b)) / denom
+            dist = float(np.linalg.norm(src.read_f32(name) - b)) / denom
             if dist > max_relative_distance:
                 raise ValueError(f"merge.base does not look like the base of {label}: tensor {name!r} differs "
                                  f"by {dist:.0%} of its norm (> merge.max_base_distance={max_relative_distance}); "
                                  f"pass the model the specialists were fine-tuned from")
-
-
-def _as_f32(src, name: str) -> np.ndarray:
-    """A tensor as a float32 numpy array (through torch for sources that only speak torch)."""
-    if isinstance(src, SafetensorsFolder):
-        return src.read_f32(name)
-    return src.get(name).float().numpy()
