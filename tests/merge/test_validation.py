@@ -129,6 +129,17 @@ def test_missing_tensor(tiny_base, specialists, tmp_path):
         _merge(tiny_base, [specialists[0], bad], tmp_path)
 
 
+@pytest.mark.parametrize(("keep", "message"), [(4, "is not a readable safetensors file"), (-1000, "is truncated")])
+def test_broken_weights_file_is_refused_before_any_work(keep, message, tiny_base, specialists, tmp_path):
+    bad = _copy(specialists[1], tmp_path / "bad")
+    weights = bad / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:keep])
+    with pytest.raises(ValueError, match=rf"bad/model.safetensors {message}.*re-save or re-download it"):
+        _merge(tiny_base, [specialists[0], bad], tmp_path)
+    assert not list(tmp_path.glob("*out*"))
+
+
 @pytest.mark.parametrize("method", ["ties", "linear"])  # the fused and the generic path
 def test_unsupported_tensor_dtype_names_the_tensor(method, tiny_base, specialists, tmp_path):
     """Tensors are read in place (memory-mapped) now; an unknown dtype is still a clear error, and no

@@ -67,9 +67,19 @@ class _SafetensorsFile:
     def __init__(self, path: Path):
         self.path = path
         self.fd = os.open(path, os.O_RDONLY)
-        (header_len,) = struct.unpack("<Q", os.pread(self.fd, 8, 0))
-        header = json.loads(os.pread(self.fd, header_len, 8))
-        header.pop("__metadata__", None)
+        size = os.fstat(self.fd).st_size
+        try:
+            (header_len,) = struct.unpack("<Q", os.pread(self.fd, 8, 0))
+            header = json.loads(os.pread(self.fd, header_len, 8))
+            header.pop("__metadata__", None)
+            need = 8 + header_len + max((e["data_offsets"][1] for e in header.values()), default=0)
+        except (struct.error, ValueError, KeyError, TypeError, OverflowError) as err:
+            os.close(self.fd)
+            raise ValueError(f"{path} is not a readable safetensors file ({err}); re-save or re-download it") from None
+        if size < need:  # checked before any work: a zero-copy view past the end would fail mid-merge
+            os.close(self.fd)
+            raise ValueError(f"{path} is truncated: its header describes {need} bytes but the file has {size}; "
+                             f"re-save or re-download it")
         self.data_start = 8 + header_len
         self.entries: dict[str, dict] = header
         self._map: mmap.mmap | None = None
