@@ -176,10 +176,11 @@ def prepare_launcher(header: dict) -> dict:
     """
     root = os.geteuid() == 0
     caps = {"userns": False, "mountns": False, "netns": False, "jobns": False, "readonly": False,
-            "proc": False, "cgroup": None, "runner_uid": NOBODY_ID if root else os.getuid(), "missing": []}
-    prctl(PR_SET_DUMPABLE, 0)  # nothing the samples run as can ptrace or read the launcher/monitors
+            "proc": False, "cgroup": None, "runner_uid": NOBODY_ID if root else os.getuid(), "launcher_uid": os.geteuid(),
+            "missing": []}
     if not header.get("namespaces", True):
         caps["missing"].append("namespaces (disabled by the caller: namespaces=False)")
+        prctl(PR_SET_DUMPABLE, 0)
         return caps
     missing = caps["missing"]
     err = unshare(CLONE_NEWNS, "unshare(CLONE_NEWNS)") if root else "not root"
@@ -199,6 +200,9 @@ def prepare_launcher(header: dict) -> dict:
             missing.append(f"hiding the harness's home ({herr})")
     elif caps["userns"]:
         missing.append(f"mount namespace ({err})")
+    # after the id maps are written (a helper writes them through /proc): from here on, nothing the
+    # samples run as can ptrace the launcher or its monitors, or read their memory or environment
+    prctl(PR_SET_DUMPABLE, 0)
     nerr = unshare(CLONE_NEWNET, "unshare(CLONE_NEWNET)")
     caps["netns"] = nerr is None
     if nerr:

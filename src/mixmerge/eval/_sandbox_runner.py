@@ -104,6 +104,13 @@ def _code_named(code: types.CodeType, name: str) -> types.CodeType | None:
     return found
 
 
+def _namedtuple_without_frames(typename, field_names, *, rename=False, defaults=None, module=None,
+                               _make=collections.namedtuple):
+    """``collections.namedtuple`` reads its caller's frame for ``__module__``; frames are refused."""
+    return _make(typename, field_names, rename=rename, defaults=defaults,
+                 module="__main__" if module is None else module)
+
+
 def _drop_identity(caps: dict) -> None:
     """As root (also root of our user namespace): become ``nobody``. Else, in a user namespace, drop
     the capabilities it granted. Either way no new privileges and no ptrace of this process."""
@@ -167,6 +174,7 @@ def _prepare(job: dict, caps: dict, workdir: str, wfd: int):
     check_code = _code_named(code, "check") if entry else None
     for name in [m for m in sys.modules if m.partition(".")[0] in REFUSED_MODULES]:
         del sys.modules[name]  # a fresh import must pass the audit hook
+    collections.namedtuple = _namedtuple_without_frames
     sys.addaudithook(_refuse)
     return code, entry, check_code
 

@@ -54,7 +54,7 @@ def default_workers() -> int:
 
 def describe_identity(caps: dict) -> str:
     """Who samples run as, in words (what the launcher actually set up, not what was hoped for)."""
-    if caps["runner_uid"] == 65534:
+    if caps["runner_uid"] == 65534 and caps["launcher_uid"] == 0:
         return "nobody (uid 65534)"
     if caps["userns"]:
         return f"the harness's uid {caps['runner_uid']} inside a user namespace, with no capabilities"
