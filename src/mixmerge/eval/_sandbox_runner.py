@@ -162,10 +162,10 @@ def _prepare(job: dict, caps: dict, workdir: str, wfd: int):
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
     nproc = int(job["max_procs"])
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    if not caps["netns"]:
+        _block_sockets()  # before the identity change: nobody may not be able to read the stdlib
     _drop_identity(caps)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the identity change, which clears it
-    if not caps["netns"]:
-        _block_sockets()
     os.environ.clear()
     os.environ.update(SAFE_ENV, HOME=workdir, TMPDIR=workdir)
     tree = ast.parse(job["program"], "<program>")
