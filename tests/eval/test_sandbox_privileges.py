@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,18 +47,24 @@ def _as_ordinary_user(command: list[str]) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", keep, closed, *setpriv]
 
 
-def run_probe(tmp_path: Path, mode: str, *flags: str) -> dict:
+@pytest.fixture
+def workdir():
+    """A folder the ordinary uid can reach (pytest's tmp_path lies below a 0700 folder)."""
+    path = Path(tempfile.mkdtemp(prefix="mixmerge-probe-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def run_probe(workdir: Path, mode: str, *flags: str) -> dict:
     for tool in {"root": [], "nocap": ["capsh"], "user": ["setpriv", "unshare"]}[mode]:
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: install util-linux / libcap2-bin (apt-get install -y libcap2-bin)")
-    workdir = tmp_path / "probe"
-    workdir.mkdir()
     command = [sys.executable, str(PROBE), sandbox.__file__, str(workdir), *flags]
     if mode == "nocap":
         command = ["capsh", "--drop=cap_sys_admin", "--", "-c", " ".join(command)]
     elif mode == "user":
         os.chown(workdir, ORDINARY_UID, ORDINARY_UID)
-        tmp_path.chmod(0o755)
         command = _as_ordinary_user(command)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
@@ -78,8 +85,8 @@ def assert_contained(report: dict) -> None:
 
 @needs_root
 @pytest.mark.parametrize("mode", ["root", "nocap", "user"])
-def test_attacks_are_contained_in_every_privilege_mode(tmp_path, mode):
-    report = run_probe(tmp_path, mode)
+def test_attacks_are_contained_in_every_privilege_mode(workdir, mode):
+    report = run_probe(workdir, mode)
     assert "refused" not in report, report.get("refused")
     assert_contained(report)
     identity = report["log"][-1]
@@ -92,8 +99,8 @@ def test_attacks_are_contained_in_every_privilege_mode(tmp_path, mode):
 
 
 @needs_root
-def test_an_ordinary_user_without_namespaces_is_refused_with_what_is_missing(tmp_path):
-    report = run_probe(tmp_path, "user", "--no-namespaces")
+def test_an_ordinary_user_without_namespaces_is_refused_with_what_is_missing(workdir):
+    report = run_probe(workdir, "user", "--no-namespaces")
     assert "results" not in report
     assert "eval.allow_unsafe_sandbox=false" in report["refused"]
     assert f"Samples would run as the harness's own uid {ORDINARY_UID}" in report["refused"]
@@ -101,8 +108,8 @@ def test_an_ordinary_user_without_namespaces_is_refused_with_what_is_missing(tmp
 
 
 @needs_root
-def test_opting_in_to_the_unsafe_fallback_runs_and_logs_what_is_missing(tmp_path):
-    report = run_probe(tmp_path, "user", "--no-namespaces", "--unsafe")
+def test_opting_in_to_the_unsafe_fallback_runs_and_logs_what_is_missing(workdir):
+    report = run_probe(workdir, "user", "--no-namespaces", "--unsafe")
     assert report["results"]["forge_frames"][0] != "passed"
     assert report["results"]["loopback"][0] != "passed" and report["accepted"] == 0
     assert any("running WITHOUT namespaces" in line for line in report["log"])
