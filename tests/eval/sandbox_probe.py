@@ -58,6 +58,10 @@ def attacks(home: Path, score: Path, port: int) -> dict[str, str]:
             "try:\n    libc = sys.modules['_sandbox_isolation'].ctypes.CDLL(None)\n"
             "    assert libc.ptrace(16, os.getppid(), 0, 0) != 0, 'attached to the monitor'\n"
             "except PermissionError:\n    pass\n"),
+        "memory_total": ("import os\nr, w = os.pipe()\nfor _ in range(5):\n    if os.fork() == 0:\n"
+                         "        block = b'x' * (150 << 20)\n        os.write(w, b'1')\n        import time\n"
+                         "        time.sleep(1)\n        os._exit(0)\nblock = b'x' * (150 << 20)\nos.close(w)\n"
+                         "got = b''\nwhile chunk := os.read(r, 8):\n    got += chunk\nassert len(got) == 5\n"),
         "kill_all": ("import os, signal, time\nfor sig in (signal.SIGSTOP, signal.SIGKILL):\n    try:\n"
                      "        os.kill(-1, sig)\n    except OSError:\n        pass\ntime.sleep(1)\n"),
         "escape_and_rewrite": (
@@ -107,7 +111,7 @@ def main() -> None:
         programs.pop("kill_all")
     report: dict = {"uid": os.geteuid()}
     try:
-        results = sandbox.run_programs(list(programs.values()), timeout_s=3, memory_mb=512, workers=2,
+        results = sandbox.run_programs(list(programs.values()), timeout_s=6, memory_mb=512, workers=2,
                                        allow_unsafe="--unsafe" in flags,
                                        namespaces="--no-namespaces" not in flags)
         report["results"] = {name: [r.status, r.detail] for name, r in zip(programs, results, strict=True)}

@@ -19,7 +19,8 @@ import mixmerge.eval.sandbox as sandbox
 
 PROBE = Path(__file__).with_name("sandbox_probe.py")
 ORDINARY_UID = 4242
-CONTAINED = {"forge_frames": False, "loopback": False, "escape_and_rewrite": False, "contained_secrets": True,
+CONTAINED = {"forge_frames": False, "loopback": False, "escape_and_rewrite": False, "memory_total": False,
+             "contained_secrets": True,
              "contained_host_processes": True, "contained_ptrace": True, "kill_all": True}
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching identity and dropping capabilities need root")

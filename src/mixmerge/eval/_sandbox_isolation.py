@@ -283,7 +283,11 @@ class JobCgroup:
         # cannot block the limits, the join or the final rmdir
         self.base_fds = [os.open(base, os.O_RDONLY | os.O_DIRECTORY) for base in self.paths]
         for base in self.paths:
-            os.mkdir(f"{base}/{name}")
+            try:
+                os.mkdir(f"{base}/{name}")
+            except FileExistsError:  # left by a killed launcher with our pid; empty, or rmdir refuses
+                os.rmdir(f"{base}/{name}")
+                os.mkdir(f"{base}/{name}")
             self.made.append(f"{base}/{name}")
             for key, value in limits.items():
                 file = f"{base}/{name}/{key}"
