@@ -112,12 +112,29 @@ def test_replacing_check_before_it_is_called_fails():
     assert not run_one(program).passed
 
 
-def test_honest_humaneval_results_of_builtin_types_still_pass():
-    nested = "    return a + b if a < 10 else {'k': [(1, 2.5), {3}, None]}\n"
-    from collections import namedtuple  # noqa: F401  (the program uses it; frames are refused inside)
+def test_tampering_with_the_runners_guard_fails():
+    completion = ("import sys\nrunner = sys.modules['_sandbox_runner']\n"
+                  "runner.verify_plain.__defaults__ = (frozenset(),) * 9\n")
+    always = "    class Always:\n        def __eq__(self, other):\n            return True\n    return Always()\n"
+    result = run_one(humaneval_program(completion, always))
+    assert result.status == "failed" and "__defaults__ is refused" in result.detail, result
+    swap_code = "def add(a, b):\n    return 0\ncheck.__code__ = (lambda candidate: None).__code__\n"
+    program = humaneval_program("", "    return 0\n").replace("\ncheck(add)", "\n" + swap_code + "check(add)")
+    assert not run_one(program).passed
 
-    program = humaneval_program("from collections import namedtuple\nP = namedtuple('P', 'x y')\n", nested)
-    assert run_one(program).passed
+
+def test_honest_programs_that_ask_for_their_callers_frame_still_pass():
+    """namedtuple, TypeVar, functional Enum/NamedTuple, logging and dataclasses read a caller's frame or
+    set a function's defaults; inside the sandbox they get a stand-in frame showing only the program."""
+    nested = "    return a + b if a < 10 else {'k': [(1, 2.5), {3}, None]}\n"
+    setup = ("import logging\nfrom collections import namedtuple\nfrom dataclasses import dataclass\n"
+             "from enum import Enum\nfrom typing import NamedTuple, TypeVar\n"
+             "P = namedtuple('P', 'x y')\nT = TypeVar('T')\nC = Enum('C', 'RED GREEN')\n"
+             "Q = NamedTuple('Q', [('x', int)])\n@dataclass\nclass D:\n    x: int = 1\n"
+             "logging.getLogger('completion').warning('logged %s', D().x)\n"
+             "import sys\nassert sys._getframe().f_back is None and sys._getframe().f_globals['P'] is P\n")
+    result = run_one(humaneval_program(setup, nested))
+    assert result.passed, result
 
 
 def test_proc_shows_only_the_samples_own_processes():

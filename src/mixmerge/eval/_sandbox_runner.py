@@ -5,8 +5,9 @@ unprivileged identity, scrubs the environment and installs an audit hook that re
 program could reach the pass token held in the runner's trusted frames or rewrite the test:
 frames (``sys._getframe``, ``tb_frame``/``gi_frame``, ``sys._current_frames``), the collector
 (``gc.get_objects``/``get_referrers``), tracing and profiling, ``ctypes``, ``/proc/*/mem``, starting
-new programs (which would shed the hook) and swapping a function's code or defaults.
+new programs (which would shed the hook), swapping any function's code or the runner's own defaults.
 
+``sys._getframe`` itself returns a stand-in that shows only the program's globals.
 HumanEval-style programs end with ``check(entry_point)``: the runner makes that call itself, with a
 ``candidate`` that fails any result whose type the program could have defined (an ``__eq__`` that
 always answers True), and only if ``check`` is still the function the test defined.
@@ -18,6 +19,7 @@ import ast
 import builtins
 import collections
 import ctypes
+import functools
 import os
 import resource
 import signal
@@ -33,7 +35,8 @@ REFUSED_EVENTS = frozenset({
     "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.forkpty", "subprocess.Popen", "pty.spawn",
 })
 FRAME_ATTRIBUTES = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"})
-GUARDED_SETATTR = frozenset({"__code__", "__defaults__", "__kwdefaults__"})
+GUARDED_SETATTR = frozenset({"__defaults__", "__kwdefaults__"})  # refused on the runner's own functions
+
 REFUSED_MODULES = frozenset({"ctypes", "_ctypes", "_testcapi", "_testinternalcapi", "_xxsubinterpreters"})
 # Exact types a candidate may return, checked element by element; any other type must be a static
 # (non-heap) type, which a program cannot create.
@@ -45,13 +48,13 @@ HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: classes made by a class statement (or
 
 def _refuse(event: str, args: tuple, _refused=REFUSED_EVENTS, _frames=FRAME_ATTRIBUTES,
             _setattr=GUARDED_SETATTR, _modules=REFUSED_MODULES, _fspath=os.fsdecode,
-            _str=str, _bytes=bytes, _isinstance=isinstance) -> None:
+            _str=str, _bytes=bytes, _isinstance=isinstance, _id=id, _protected=frozenset()) -> None:
     """The runner's audit hook: raise on everything a program needs to forge a verdict."""
     if event in _refused or event.startswith("ctypes.") or event.startswith("sys.monitoring"):
         raise PermissionError(f"{event} is refused in the mixmerge sandbox")
     if event == "object.__getattr__" and args[1] in _frames:
         raise PermissionError(f"reading {args[1]} is refused in the mixmerge sandbox")
-    if event == "object.__setattr__" and args[1] in _setattr:
+    if event == "object.__setattr__" and (args[1] == "__code__" or args[1] in _setattr and _id(args[0]) in _protected):
         raise PermissionError(f"setting {args[1]} is refused in the mixmerge sandbox")
     if event == "import" and args[0].partition(".")[0] in _modules:
         raise PermissionError(f"importing {args[0]} is refused in the mixmerge sandbox")
@@ -104,11 +107,23 @@ def _code_named(code: types.CodeType, name: str) -> types.CodeType | None:
     return found
 
 
-def _namedtuple_without_frames(typename, field_names, *, rename=False, defaults=None, module=None,
-                               _make=collections.namedtuple):
-    """``collections.namedtuple`` reads its caller's frame for ``__module__``; frames are refused."""
-    return _make(typename, field_names, rename=rename, defaults=defaults,
-                 module="__main__" if module is None else module)
+class StandInFrame:
+    """What ``sys._getframe`` returns inside the sandbox: the program's globals and nothing above.
+
+    Libraries ask their caller's frame for ``__name__`` (``collections.namedtuple``, ``typing.TypeVar``,
+    ``enum``'s functional API, ``logging``); they keep working, while the real frames, whose parents
+    hold the runner's token, stay refused by the audit hook.
+    """
+
+    f_back = None
+    f_trace = None
+    f_lineno = f_lasti = 0
+    f_code = compile("", "<program>", "exec")
+
+    def __init__(self, namespace: dict):
+        self.f_globals = namespace
+        self.f_locals = {}
+        self.f_builtins = builtins.__dict__
 
 
 def _drop_identity(caps: dict) -> None:
@@ -174,9 +189,13 @@ def _prepare(job: dict, caps: dict, workdir: str, wfd: int):
     check_code = _code_named(code, "check") if entry else None
     for name in [m for m in sys.modules if m.partition(".")[0] in REFUSED_MODULES]:
         del sys.modules[name]  # a fresh import must pass the audit hook
-    collections.namedtuple = _namedtuple_without_frames
-    sys.addaudithook(_refuse)
-    return code, entry, check_code
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    stand_in = StandInFrame(namespace)
+    sys._getframe = lambda depth=0: stand_in  # the real one is refused by the hook below
+    # bound in a partial that nothing can reach (hooks are not listed, gc is refused)
+    protected = frozenset(map(id, (_refuse, verify_plain, run_untrusted)))
+    sys.addaudithook(functools.partial(_refuse, _protected=protected))
+    return code, namespace, entry, check_code
 
 
 def run_untrusted(job: dict, caps: dict, workdir: str, token: bytes, wfd: int,
@@ -188,7 +207,7 @@ def run_untrusted(job: dict, caps: dict, workdir: str, token: bytes, wfd: int,
     frames out of the program's reach, and the dropped identity keeps /proc/self/mem and ptrace out.
     """
     try:
-        code, entry, check_code = _prepare(job, caps, workdir, wfd)
+        code, namespace, entry, check_code = _prepare(job, caps, workdir, wfd)
     except _base as exc:  # setup or syntax error: report and fail
         try:
             _write(wfd, b"E" + _str(exc).encode()[:500])
@@ -196,7 +215,6 @@ def run_untrusted(job: dict, caps: dict, workdir: str, token: bytes, wfd: int,
             _exit(3)
     message = b""
     try:
-        namespace = {"__name__": "__main__", "__builtins__": builtins}
         exec(code, namespace)
         if entry is not None:
             check, candidate = namespace.get("check"), namespace.get(entry)
