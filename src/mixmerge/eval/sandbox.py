@@ -119,7 +119,11 @@ def run_programs(
     try:
         proc.stdin.write((json.dumps(header) + "\n").encode())
         proc.stdin.flush()
-        hello = json.loads(proc.stdout.readline())["hello"]
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"sandbox launcher {ZYGOTE} exited before reporting its isolation "
+                               f"(code {proc.wait()})")
+        hello = json.loads(line)["hello"]
         _check_capabilities(hello, allow_unsafe)
     except BaseException:
         proc.kill()
