@@ -150,6 +150,21 @@ def _shm_keys() -> set[str]:
     return {line.split()[0] for line in lines}
 
 
+def test_samples_have_their_own_ipc_namespace():
+    """A segment of the host is invisible to a sample (and one a sample made would die with its job)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    shmid = libc.shmget(0x6D6D0001, 4096, 0o1600)
+    assert shmid >= 0
+    try:
+        program = "segments = open('/proc/sysvipc/shm').read().splitlines()[1:]\nassert not segments, segments\n"
+        result = run_one(program)
+        assert result.passed, result
+    finally:
+        libc.shmctl(shmid, 0, None)  # IPC_RMID
+
+
 def test_sysv_shared_memory_does_not_outlive_the_sample():
     key = 0x6D6D6D6D
     program = (f"import ctypes\nlibc = ctypes.CDLL(None)\nassert libc.shmget({key}, 4096, 0o1666) >= 0\n"
