@@ -2,19 +2,24 @@
 
 Run as ``python -I _zygote.py`` by :mod:`mixmerge.eval.sandbox` with a scrubbed environment. It reads
 jobs as JSON lines on stdin and answers one JSON line per job on stdout. Per job it forks a *monitor*
-(trusted code only) which forks the *runner* that executes the program. The verdict is decided by the
-monitor: "passed" needs the runner to exit with status 0 **and** to have written a per-job random token
-on a private pipe after ``exec`` returned. Exiting early (``sys.exit``, ``os._exit``), raising, being
-killed or timing out never yields the token, so it never passes.
+(trusted code only) which forks the *runner* (``_sandbox_runner.py``) that executes the program.
 
-Isolation, as far as the OS allows (reported back in the hello line):
-- network: a new, empty network namespace for the whole launcher (else sockets blocked in-process);
-- processes: a new PID namespace per job, so everything the program spawned dies with it (else the
-  job's process group is killed);
-- disk: a fresh size-capped tmpfs on /tmp, /var/tmp and /dev/shm per job, used as working dir (else a
-  private temp dir), plus RLIMIT_FSIZE;
-- user: the runner drops to ``nobody`` when started as root, so it cannot signal the harness or read
-  its environment; rlimits on address space, CPU seconds, file size and process count.
+Verdict protocol: the monitor decides. "passed" needs the runner to exit with status 0 **and** to
+have written the job's random token on a private pipe after the program and the test's ``check``
+returned. The token exists only in trusted frames, which the runner's audit hook keeps out of the
+program's reach (no frames, ``gc``, tracing, ``ctypes`` or ``/proc/self/mem``); exiting early, raising,
+being killed or timing out never yields it. Verdicts and results are written by the monitor only
+after every process of the job is gone (its pid namespace died, its cgroup could be removed).
+
+Isolation (``_sandbox_isolation.py``), reported in the hello line with what is ``missing``:
+- a user namespace when not root with CAP_SYS_ADMIN, to get the rest without privileges;
+- network: a new, empty network namespace for the whole launcher;
+- per job: new PID (with its own /proc), mount and IPC namespaces; the whole file system read-only,
+  a fresh size-capped tmpfs on /tmp; the harness's home hidden behind an empty tmpfs;
+- a cgroup per job for memory and process count where one is writable, else the job's total resident
+  memory is polled and capped by the monitor;
+- the runner drops to ``nobody`` when root (or, as an ordinary user, the user namespace's
+  capabilities), is not dumpable, has no new privileges, rlimits on memory, CPU, file size, processes.
 
 This file must import nothing outside the standard library: it is the code every sample forks from.
 """
@@ -22,12 +27,12 @@ This file must import nothing outside the standard library: it is the code every
 from __future__ import annotations
 
 # Standard library only. The F401 imports are modules test programs often use, preloaded so every fork
-# gets them for free.
+# gets them for free (and so ``nobody`` needs no access to the interpreter's files for them).
 import bisect  # noqa: F401
-import builtins
 import collections  # noqa: F401
 import contextlib
-import ctypes
+import copy  # noqa: F401
+import fractions  # noqa: F401
 import functools  # noqa: F401
 import gc
 import hashlib  # noqa: F401
@@ -38,180 +43,43 @@ import math  # noqa: F401
 import os
 import random  # noqa: F401
 import re  # noqa: F401
-import resource
 import select
 import shutil
 import signal
+import statistics  # noqa: F401
 import string  # noqa: F401
 import sys
 import tempfile
 import time
 import typing  # noqa: F401
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
-MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x1, 0x20, 0x1000, 0x4000, 0x40000
-MNT_DETACH = 2
-PR_SET_PDEATHSIG = 1
-NOBODY_ID = 65534
-SHARED_TMP = ("/var/tmp", "/dev/shm")  # hidden once behind read-only (for nobody) empty tmpfs mounts
-SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves our own folder out
+
+from _sandbox_isolation import (  # noqa: E402
+    NOBODY_ID,
+    PR_SET_PDEATHSIG,
+    JobCgroup,
+    enter_job_namespaces,
+    mount_job_proc,
+    prctl,
+    prepare_launcher,
+)
+from _sandbox_runner import run_untrusted  # noqa: E402
+
 MONITOR_GRACE_S = 10.0  # after this much past its timeout a monitor itself is killed
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _unshare(flags: int) -> bool:
-    return _libc.unshare(flags) == 0
-
-
-def _mount_tmpfs(target: str, size_mb: int) -> bool:
-    opts = f"size={size_mb}m,mode=1777".encode()
-    return _libc.mount(b"tmpfs", target.encode(), b"tmpfs", 0, opts) == 0
-
-
-def _bind(src: str, dst: str, flags: int = 0) -> bool:
-    return _libc.mount(src.encode(), dst.encode(), None, MS_BIND | flags, None) == 0
-
-
-def _closed_ancestor(path: str) -> str | None:
-    """The highest ancestor of ``path`` that other users cannot traverse (e.g. a 0700 /root)."""
-    parts = os.path.abspath(path).split(os.sep)[1:]
-    for i in range(1, len(parts) + 1):
-        here = os.sep + os.path.join(*parts[:i])
-        if not os.stat(here).st_mode & 0o001:
-            return here
-    return None
-
-
-def _expose_python_only(prefix: str) -> bool:
-    """In our own mount namespace, shadow a closed home (say /root) so ``nobody`` can use Python.
-
-    The closed ancestor is covered by an empty tmpfs and only the interpreter's prefix is bound back,
-    read-only: the runner can import the standard library but sees none of the home's other files
-    (tokens, caches, keys).
-    """
-    closed = _closed_ancestor(prefix)
-    if closed is None:
-        return True
-    stage = tempfile.mkdtemp(prefix="mixmerge-prefix-")
-    ok = _bind(prefix, stage)
-    ok = ok and _libc.mount(b"tmpfs", closed.encode(), b"tmpfs", 0, b"size=1m,mode=0755") == 0
-    if ok:
-        target = os.path.join(closed, os.path.relpath(prefix, closed))
-        os.makedirs(target, exist_ok=True)
-        ok = _bind(stage, target)
-        if ok:  # read-only on top: best effort, the files are root's and 0644 anyway
-            _bind(stage, target, MS_REMOUNT | MS_RDONLY)
-    _libc.umount2(stage.encode(), MNT_DETACH)
-    os.rmdir(stage)
-    return ok
-
-
-def probe_capabilities() -> dict:
-    """What isolation this machine grants us; called once at start-up."""
-    caps = {"netns": _unshare(CLONE_NEWNET), "drop_uid": os.geteuid() == 0}
-    if caps["drop_uid"]:
-        private = _unshare(CLONE_NEWNS) and _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0
-        caps["drop_uid"] = private and _expose_python_only(sys.base_prefix)
-        for target in SHARED_TMP if caps["drop_uid"] else ():
-            if os.path.isdir(target):
-                _libc.mount(b"tmpfs", target.encode(), b"tmpfs", 0, b"size=1m,mode=0755")
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # try a private mount + pid namespace in a throwaway child
-        ok = _unshare(CLONE_NEWPID | CLONE_NEWNS) and _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE,
-                                                                   None) == 0
-        ok = ok and _mount_tmpfs("/tmp", 1)
-        os.write(w, b"1" if ok else b"0")
-        os._exit(0)
-    os.close(w)
-    caps["pidns_tmpfs"] = os.read(r, 1) == b"1"
-    os.close(r)
-    os.waitpid(pid, 0)
-    return caps
-
-
-def _block_sockets() -> None:
-    """Fallback when no network namespace: make socket creation fail in this process."""
-    import _socket
-    import socket
-
-    def refuse(*_a, **_k):
-        raise PermissionError("network access is disabled in the mixmerge sandbox")
-
-    class NoSocket:
-        def __new__(cls, *a, **k):
-            refuse()
-
-    socket.socket = _socket.socket = NoSocket  # type: ignore[misc]
-    socket.create_connection = socket.socketpair = refuse  # type: ignore[assignment]
-
-
-def _run_untrusted(job: dict, caps: dict, workdir: str, token: bytes, wfd: int,
-                   _exit=os._exit, _write=os.write, _base=BaseException, _type=type, _str=str) -> None:
-    """The runner (a grandchild of the launcher): set limits, then exec the program. Never returns."""
-    try:
-        os.chdir(workdir)
-        if not caps["pidns_tmpfs"]:
-            os.setpgid(0, 0)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.closerange(3, wfd)
-        os.closerange(wfd + 1, 1 << 16)
-        timeout_s, memory_mb = float(job["timeout_s"]), int(job["memory_mb"])
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-        cpu_s = int(timeout_s) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
-        fsize = int(job["file_mb"]) << 20
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        if caps["drop_uid"]:
-            os.setgroups([])
-            os.setgid(NOBODY_ID)
-            os.setuid(NOBODY_ID)
-            nproc = int(job["max_procs"])
-            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
-        if not caps["netns"]:
-            _block_sockets()
-        os.environ.clear()
-        os.environ.update(SAFE_ENV, HOME=workdir, TMPDIR=workdir)
-        code = compile(job["program"], "<program>", "exec")
-    except _base as exc:  # setup or syntax error: report and fail
-        try:
-            _write(wfd, b"E" + _str(exc).encode()[:500])
-        finally:
-            _exit(3)
-    message = b""
-    try:
-        exec(code, {"__name__": "__main__", "__builtins__": builtins})
-        passed = True
-    except _base as exc:
-        passed = False
-        try:
-            message = (_type(exc).__name__ + ": " + _str(exc)).encode()[:500]
-        except _base:
-            message = b"exception"
-    if passed:
-        _write(wfd, token)
-        _exit(0)
-    try:
-        _write(wfd, b"F" + message)
-    finally:
-        _exit(1)
+POLL_S = 0.05  # how often a monitor without a cgroup measures its job's total memory
 
 
 def _namespace_init(job: dict, caps: dict, workdir: str, token: bytes, wfd: int) -> None:
-    """PID 1 of the job's pid namespace: trusted, it only runs the program as its child and relays
-    the exit. The program must not be PID 1 itself, where default-fatal signals are ignored."""
+    """PID 1 of the job's pid namespace: trusted, it mounts the job's /proc, runs the program as its
+    child and relays the exit. The program must not be PID 1 itself (default-fatal signals ignored)."""
     try:
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if caps["proc"] and not mount_job_proc():
+            raise OSError("mount /proc in the job's pid namespace failed")
         pid = os.fork()
         if pid == 0:
-            _run_untrusted(job, caps, workdir, token, wfd)
+            run_untrusted(job, caps, workdir, token, wfd)
         os.close(wfd)
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
@@ -220,41 +88,69 @@ def _namespace_init(job: dict, caps: dict, workdir: str, token: bytes, wfd: int)
         os._exit(125)
 
 
+def _job_memory_mb(caps: dict, pid: int) -> float:
+    """Total resident memory of the job's processes (fallback when no cgroup): in a job pid namespace
+    this monitor's /proc is the job's own; else the runner's process group."""
+    page_mb = os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+    total = 0.0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if not caps["proc"]:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[2]) != pid:
+                        continue
+            with open(f"/proc/{name}/statm") as f:
+                total += int(f.read().split()[1]) * page_mb
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def _monitor(job: dict, caps: dict, result_fd: int) -> None:
     """Trusted parent of one runner: isolates it, times it, decides its verdict. Never returns."""
     status, detail = "error", "monitor failed"
     started = time.perf_counter()
-    workdir = None
+    workdir, cgroup = None, None
     try:
         os.setsid()
-        if caps["pidns_tmpfs"]:
-            _unshare(CLONE_NEWPID | CLONE_NEWNS)
-            if not caps["drop_uid"]:  # else the launcher's own mount namespace is already private
-                _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None)
-            _mount_tmpfs("/tmp", int(job["file_mb"]))  # dies with this mount namespace
+        memory_mb = int(job["memory_mb"])
+        if caps["cgroup"]:
+            cgroup = JobCgroup(caps["cgroup"], f"mixmerge-{os.getppid()}-{job['id']}", memory_mb,
+                               int(job["max_procs"]))
+        if caps["jobns"]:
+            err = enter_job_namespaces(int(job["file_mb"]))
+            if err:
+                raise OSError(err)
             workdir = tempfile.mkdtemp(prefix="job-", dir="/tmp")
         else:
             workdir = tempfile.mkdtemp(prefix="mixmerge-sandbox-")
-        if caps["drop_uid"]:
+        if os.geteuid() == 0:
             os.chown(workdir, NOBODY_ID, NOBODY_ID)
         token = os.urandom(16)
         rfd, wfd = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(rfd)
-            if caps["pidns_tmpfs"]:
+            if cgroup is not None:
+                cgroup.join()
+            if caps["jobns"]:
                 _namespace_init(job, caps, workdir, token, wfd)
-            _run_untrusted(job, caps, workdir, token, wfd)
+            run_untrusted(job, caps, workdir, token, wfd)
         os.close(wfd)
+        if cgroup is not None:
+            cgroup.close_fds()
         pidfd = os.pidfd_open(pid)
         deadline = started + float(job["timeout_s"])
-        data, exited, timed_out = b"", None, False
+        data, exited, timed_out, over_memory = b"", None, False, False
         while exited is None:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 timed_out = True
                 break
-            ready, _, _ = select.select([pidfd] + ([rfd] if rfd != -1 else []), [], [], remaining)
+            wait_s = remaining if cgroup is not None else min(remaining, POLL_S)
+            ready, _, _ = select.select([pidfd] + ([rfd] if rfd != -1 else []), [], [], wait_s)
             if rfd in ready:
                 chunk = os.read(rfd, 4096)
                 if not chunk:  # every writer closed; keep waiting for the exit itself
@@ -264,6 +160,9 @@ def _monitor(job: dict, caps: dict, result_fd: int) -> None:
                     data += chunk
             if pidfd in ready:  # peek at the exit without reaping, so the pid cannot be reused yet
                 exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            elif cgroup is None and _job_memory_mb(caps, pid) > memory_mb:
+                over_memory = True
+                break
         # Kill the runner and everything it spawned (its pid namespace, else its process group),
         # while its pid is still held by the unreaped zombie.
         for kill in (os.killpg, os.kill):
@@ -280,6 +179,8 @@ def _monitor(job: dict, caps: dict, result_fd: int) -> None:
         clean_exit = exited is not None and exited.si_code == os.CLD_EXITED
         if timed_out:
             status, detail = "timed out", f"exceeded {job['timeout_s']} s"
+        elif over_memory:
+            status, detail = "failed", f"its processes used more than eval.memory_mb={memory_mb} MB in total"
         elif clean_exit and exited.si_status == 0 and data == token:
             status, detail = "passed", ""
         elif data[:1] in (b"F", b"E"):
@@ -287,11 +188,13 @@ def _monitor(job: dict, caps: dict, result_fd: int) -> None:
             detail = data[1:].decode("utf-8", "replace")
         elif not clean_exit:
             status, detail = "failed", f"killed by signal {exited.si_status}"
-        elif exited.si_status > 128 and caps["pidns_tmpfs"]:
+        elif exited.si_status > 128 and caps["jobns"]:
             status, detail = "failed", f"killed by signal {exited.si_status - 128}"
         else:
             status = "failed"
             detail = f"exited with status {exited.si_status} without finishing the tests"
+        if cgroup is not None and not cgroup.remove():
+            status, detail = "error", "processes of the job outlived it (its cgroup could not be removed)"
     except BaseException as exc:  # a bug here must still produce a verdict, never a pass
         status, detail = "error", f"monitor: {type(exc).__name__}: {exc}"
     finally:
@@ -299,7 +202,7 @@ def _monitor(job: dict, caps: dict, result_fd: int) -> None:
             elapsed = time.perf_counter() - started
             os.write(result_fd, json.dumps({"status": status, "detail": detail,
                                             "elapsed_s": round(elapsed, 4)}).encode() + b"\n")
-            if workdir is not None and not caps["pidns_tmpfs"]:
+            if workdir is not None and not caps["jobns"]:
                 shutil.rmtree(workdir, ignore_errors=True)
         finally:
             os._exit(0)
@@ -318,10 +221,7 @@ def serve() -> None:
     header_line, buffer = buffer.split(b"\n", 1)
     header = json.loads(header_line)
     workers = max(1, int(header["workers"]))
-    if header.get("namespaces", True):
-        caps = probe_capabilities()
-    else:  # rlimits, scrubbed env, process groups and in-process socket blocking only
-        caps = {"netns": False, "drop_uid": False, "pidns_tmpfs": False}
+    caps = prepare_launcher(header)
     out = sys.stdout
     out.write(json.dumps({"hello": caps}) + "\n")
     out.flush()

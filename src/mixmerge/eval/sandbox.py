@@ -2,8 +2,10 @@
 
 The work happens in a small stdlib-only launcher process (``_zygote.py``) started with a scrubbed
 environment: it forks a trusted monitor per program, which forks the runner that executes it with
-rlimits, a private working dir, no network and (as root) the ``nobody`` user. See ``_zygote.py`` for
-the verdict protocol and the isolation it applies; this module only feeds jobs and collects verdicts.
+rlimits, a private working dir, no network and an unprivileged identity. See ``_zygote.py`` for
+the verdict protocol and the isolation it applies; this module only feeds jobs and collects verdicts,
+and refuses to run anything when the launcher reports that real isolation is missing (unless the
+caller opts in with ``allow_unsafe=True``, i.e. ``eval.allow_unsafe_sandbox=true``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ")
 _reported_caps: set[str] = set()
 
 
+class UnsafeSandboxError(RuntimeError):
+    """Real isolation is not available here and the caller did not opt into running without it."""
+
+
 @dataclass(frozen=True)
 class Result:
     """The verdict on one program: ``status`` is passed, failed, timed out or error."""
@@ -46,19 +52,35 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def _log_capabilities(caps: dict) -> None:
+def describe_identity(caps: dict) -> str:
+    """Who samples run as, in words (what the launcher actually set up, not what was hoped for)."""
+    if caps["runner_uid"] == 65534 and caps["launcher_uid"] == 0:
+        return "nobody (uid 65534)"
+    if caps["userns"]:
+        return f"the harness's uid {caps['runner_uid']} inside a user namespace, with no capabilities"
+    return f"the harness's own uid {caps['runner_uid']}"
+
+
+def _check_capabilities(caps: dict, allow_unsafe: bool) -> None:
+    missing = caps["missing"]
     key = json.dumps(caps, sort_keys=True)
+    if missing and not allow_unsafe:
+        raise UnsafeSandboxError(
+            "eval.allow_unsafe_sandbox=false: refusing to execute untrusted code without real isolation. "
+            f"Missing: {'; '.join(missing)}. Samples would run as {describe_identity(caps)}. Fix: run as "
+            "root with CAP_SYS_ADMIN, or allow unprivileged user namespaces (sysctl "
+            "user.max_user_namespaces>0, kernel.unprivileged_userns_clone=1, no seccomp/AppArmor block on "
+            "unshare(CLONE_NEWUSER)); or set eval.allow_unsafe_sandbox=true to run with what remains "
+            "(see README, Security)")
     if key in _reported_caps:
         return
     _reported_caps.add(key)
-    if not caps.get("netns"):
-        log.warning("sandbox: no network namespace available; sockets are blocked in-process instead")
-    if not caps.get("pidns_tmpfs"):
-        log.warning("sandbox: no pid/mount namespace; leftovers are killed by process group, "
-                    "and disk use is capped per file only (RLIMIT_FSIZE)")
-    if not caps.get("drop_uid"):
-        log.warning("sandbox: not root, so programs run as the harness's own user")
-    log.info("sandbox isolation: %s", caps)
+    for what in missing:
+        log.warning("sandbox (eval.allow_unsafe_sandbox=true): running WITHOUT %s", what)
+    log.info("sandbox: samples run as %s; user namespace %s, network namespace %s, per-job pid/mount/IPC "
+             "namespaces %s, private /proc %s, read-only file system %s, job cgroup %s", describe_identity(caps),
+             caps["userns"], caps["netns"], caps["jobns"], caps["proc"], caps["readonly"],
+             f"v{caps['cgroup']['version']}" if caps["cgroup"] else "none (memory polled)")
 
 
 def run_programs(
@@ -68,14 +90,18 @@ def run_programs(
     memory_mb: int = 1024,
     workers: int | None = None,
     file_mb: int = 32,
-    max_procs: int = 128,
+    max_procs: int = 64,
     namespaces: bool = True,
+    allow_unsafe: bool = False,
 ) -> list[Result]:
     """Execute each program in its own isolated process; return one verdict per program, in order.
 
     ``timeout_s`` is wall-clock per program, ``memory_mb`` its address-space limit, ``file_mb`` the
     largest file (and tmpfs) it may write, ``workers`` how many run at once (default: usable cores).
+    ``max_procs`` caps the processes of one program (its cgroup, else RLIMIT_NPROC).
     ``namespaces=False`` forces the fallback isolation used where the OS grants no namespaces.
+    Raises :class:`UnsafeSandboxError` before running anything when real isolation is missing here,
+    unless ``allow_unsafe`` (``eval.allow_unsafe_sandbox``).
     """
     if not programs:
         return []
@@ -88,9 +114,24 @@ def run_programs(
         env=env, cwd="/", close_fds=True, start_new_session=True,
     )
 
+    header = {"workers": workers, "namespaces": namespaces, "hide": [str(Path.home())],
+              "prefix": sys.prefix, "base_prefix": sys.base_prefix}
+    try:
+        proc.stdin.write((json.dumps(header) + "\n").encode())
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"sandbox launcher {ZYGOTE} exited before reporting its isolation "
+                               f"(code {proc.wait()})")
+        hello = json.loads(line)["hello"]
+        _check_capabilities(hello, allow_unsafe)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
     def feed() -> None:
         try:
-            proc.stdin.write((json.dumps({"workers": workers, "namespaces": namespaces}) + "\n").encode())
             for i, program in enumerate(programs):
                 job = {"id": i, "program": program, "timeout_s": timeout_s, "memory_mb": memory_mb,
                        "file_mb": file_mb, "max_procs": max_procs}
@@ -105,9 +146,6 @@ def run_programs(
     try:
         for line in proc.stdout:
             msg = json.loads(line)
-            if "hello" in msg:
-                _log_capabilities(msg["hello"])
-                continue
             results[msg["id"]] = Result(msg["status"], msg["detail"], float(msg["elapsed_s"]))
     finally:
         writer.join(timeout=5)

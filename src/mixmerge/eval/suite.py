@@ -60,7 +60,8 @@ def execute_solutions(
     """Sandbox verdicts for ``solutions[i]`` against ``problems[i]``."""
     programs = [build_program(p, s, style) for p, s in zip(problems, solutions, strict=True)]
     return run_programs(programs, timeout_s=float(eval_cfg.get("timeout_s", 3.0)),
-                        memory_mb=int(eval_cfg.get("memory_mb", 1024)), workers=eval_cfg.get("workers"))
+                        memory_mb=int(eval_cfg.get("memory_mb", 1024)), workers=eval_cfg.get("workers"),
+                        allow_unsafe=bool(eval_cfg.get("allow_unsafe_sandbox", False)))
 
 
 def pass_at_k_table(correct: Mapping[str, list[bool]], ks: Sequence[int]) -> dict[int, float]:
