@@ -16,7 +16,7 @@ from mixmerge.analysis.plots import plot_analysis, write_tables
 from mixmerge.analysis.recommend import Recommendation, check_recommendation, correlation_profile, recommend
 from mixmerge.analysis.report import write_analysis_report
 from mixmerge.analysis.stream import AnalysisResult, analyze_models
-from mixmerge.cache import write_json_atomic
+from mixmerge.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

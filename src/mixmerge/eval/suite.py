@@ -3,20 +3,17 @@
 ``evaluate_model`` runs, for each task in ``heldout``: held-out loss (``<task>/loss``); for codegen the
 HumanEval (and optionally MBPP) pass@1 from greedy completions and pass@k from ``n`` samples, executed in
 the sandbox; for codesum the smoothed BLEU-4 of generated summaries. The pipeline caches the whole result
-(``pipeline.ensure_evaluation``) under the variant's key, ``eval_cache_config(eval)``, the prompt style
+(``stages.ensure_evaluation``) under the variant's key, ``eval_cache_config(eval)``, the prompt style
 and the held-out data, so a rerun or a sweep never generates or executes twice for the same model.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-from mixmerge.cache import write_json_atomic
 from mixmerge.data.example import Example, render_prompt
 from mixmerge.eval.generate import generate
 from mixmerge.eval.loss import heldout_loss
@@ -31,18 +28,12 @@ from mixmerge.eval.problems import (
     seeded_subset,
 )
 from mixmerge.eval.sandbox import run_programs
+from mixmerge.files import write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
 # Keys that do not change what is computed (only how fast, whether to cache, or strategy=score's inputs).
 _NOT_IN_KEY = ("workers", "cache", "samples", "bleu")
-
-
-def write_jsonl_atomic(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
-    tmp.replace(path)
 
 
 def _problem_prompt(problem: CodeProblem, tokenizer, style: str) -> str:
@@ -209,7 +200,7 @@ def evaluate_model(
     """Every configured metric for one model; ``{}`` when evaluation is disabled (``eval=none``).
 
     Per-problem JSONL and ``eval_summary.json`` go into ``out_dir`` when given (the pipeline caches
-    around this call, by the variant's artifact key: see ``pipeline.ensure_evaluation``).
+    around this call, by the variant's artifact key: see ``stages.ensure_evaluation``).
     """
     eval_cfg = dict(eval_cfg or {})
     if not eval_cfg.get("enabled", True):

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mixmerge.cache import write_json_atomic
+from mixmerge.files import save_figure_atomic, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +141,14 @@ def _repair_exact_match(cfg, store, variant, splits, task: str) -> dict[str, flo
 
 def run(cfg: Mapping[str, Any], *, store, run_dir: Path, tracker) -> float | None:
     """Round by round: specialists → merge into the main model → evaluate on all tasks seen → report."""
-    from mixmerge.models import BaseModel, resolve_base_model
-    from mixmerge.pipeline import Variant, ensure_evaluation, ensure_merged, ensure_specialist
+    from mixmerge.models import BaseModel
+    from mixmerge.stages import Variant, ensure_base, ensure_evaluation, ensure_merged, ensure_specialist
 
     strategy = cfg["strategy"]
     mode = strategy.get("base_mode", "previous")
     tasks = load_all_tasks(cfg["task"], store, cfg["seed"])
     plan = plan_rounds(strategy, list(tasks), cfg["merge"])
-    original = resolve_base_model(cfg["model"], store)
+    original = ensure_base(cfg, store)
     current: Variant | None = None
     seen: list[str] = []
     rows = []
@@ -234,10 +234,8 @@ def plot_retention(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None
         ax.set_xticks(rounds)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -245,9 +243,7 @@ def write_rounds_report(rows: Sequence[Mapping[str, Any]], run_dir: Path) -> dic
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "rounds.json", {"rounds": list(rows), "retention": retention(rows)})
     table = rounds_table(rows)
-    tmp = run_dir / "rounds.md.tmp"
-    tmp.write_text("# Merge rounds: every task seen so far, after each round\n\n" + table + "\n")
-    tmp.replace(run_dir / "rounds.md")
+    write_text_atomic(run_dir / "rounds.md", "# Merge rounds: every task seen so far, after each round\n\n" + table + "\n")
     print("\n" + table + "\n")
     files = {"json": run_dir / "rounds.json", "md": run_dir / "rounds.md"}
     plot = plot_retention(rows, run_dir / "rounds_retention.png")

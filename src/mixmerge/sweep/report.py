@@ -12,11 +12,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from mixmerge.files import save_figure_atomic, write_text_atomic
 
 METRICS_FILE = "metrics.json"
 # Row keys every report starts with; metric columns follow, sorted.
@@ -127,19 +127,6 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     return "\n".join(lines) + "\n"
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _atomic_figure(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
 def plot_weight_sweep(rows: Sequence[Mapping[str, Any]], metric: str, path: Path) -> Path | None:
     """``metric`` of the merged model vs ``merge.weight``, one line per method; dashed lines mark the
     specialists and the mixture (their mean over jobs) as in the paper's weight-sweep figure."""
@@ -166,7 +153,7 @@ def plot_weight_sweep(rows: Sequence[Mapping[str, Any]], metric: str, path: Path
     ax.set_ylabel(metric)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    _atomic_figure(fig, path)
+    save_figure_atomic(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -185,7 +172,7 @@ def write_pareto(solutions: Sequence[Mapping[str, Any]], directions: Sequence[st
     lines = [header] + [[s.get("trial", ""), *s["values"], *(s.get("params", {}).get(p, "") for p in param_names)]
                         for s in solutions]
     csv_path = out_dir / "pareto_front.csv"
-    _atomic_text(csv_path, _csv_text(lines))
+    write_text_atomic(csv_path, _csv_text(lines))
     out = {"pareto_csv": csv_path}
     if n_obj == 2 and solutions:
         import matplotlib
@@ -203,7 +190,7 @@ def write_pareto(solutions: Sequence[Mapping[str, Any]], directions: Sequence[st
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         png = out_dir / "pareto_front.png"
-        _atomic_figure(fig, png)
+        save_figure_atomic(fig, png, dpi=120, bbox_inches="tight")
         plt.close(fig)
         out["pareto_plot"] = png
     return out
@@ -237,7 +224,7 @@ def write_report(rows: Sequence[Mapping[str, Any]], out_dir: Path, metric: str =
     cols = columns_of(rows)
     out: dict[str, Path] = {}
     out["csv"] = out_dir / "report.csv"
-    _atomic_text(out["csv"], _csv_text([cols] + [[r.get(c, "") for c in cols] for r in rows]))
+    write_text_atomic(out["csv"], _csv_text([cols] + [[r.get(c, "") for c in cols] for r in rows]))
 
     best = best_per_method(rows, metric, maximize)
     md = [f"# Sweep report ({len(rows)} jobs)\n", "## Best configuration per method "
@@ -262,7 +249,7 @@ def write_report(rows: Sequence[Mapping[str, Any]], out_dir: Path, metric: str =
         out.update(write_pareto(sols, directions, out_dir, others=others))
         md.append(f"\n## Pareto front ({len(front)} jobs)\n\n![Pareto front](pareto_front.png)\n")
     out["markdown"] = out_dir / "report.md"
-    _atomic_text(out["markdown"], "".join(md))
+    write_text_atomic(out["markdown"], "".join(md))
     return out
 
 
