@@ -87,35 +87,11 @@ def plan_rounds(strategy_cfg: Mapping[str, Any], task_names: Sequence[str], glob
     return plan
 
 
-def load_all_tasks(task_cfg: Mapping[str, Any], store, seed: int) -> dict:
-    """``load_tasks``, with ``source: repair`` handled here until data/tasks.py dispatches it."""
-    from mixmerge.data.tasks import SPLITS, TaskSplits, cap, check_disjoint, load_task_splits, splits_key
-
-    limits = {k: task_cfg.get(k) for k in ("max_train_examples", "max_eval_examples")}
-    out = {}
-    for name, source_cfg in (task_cfg.get("tasks") or {}).items():
-        if source_cfg.get("source") != "repair":
-            out[name] = load_task_splits(name, dict(source_cfg), store=store, seed=seed, limits=limits)
-            continue
-        from mixmerge.data.repair_task import load_repair_task
-
-        full, info = load_repair_task(name, source_cfg, store)
-        limited = {"train": cap(full["train"], limits["max_train_examples"], seed=seed),
-                   "valid": cap(full["valid"], limits["max_eval_examples"], seed=seed),
-                   "test": cap(full["test"], limits["max_eval_examples"], seed=seed)}
-        info = {**info, "available": {s: len(full[s]) for s in SPLITS}, "counts": {s: len(limited[s]) for s in SPLITS}}
-        out[name] = TaskSplits(name, limited["train"], limited["valid"], limited["test"], splits_key(name, limited), info)
-    if not out:
-        raise ValueError("task.tasks is empty; strategy=rounds needs the tasks its rounds add (e.g. task=three)")
-    check_disjoint(out)
-    return out
-
-
 def _repair_exact_match(cfg, store, variant, splits, task: str) -> dict[str, float]:
     """``<task>/exact_match`` of greedy repairs (cached per model and data), when ``strategy.repair_eval`` asks."""
     import json
 
-    from mixmerge.data.repair_task import repair_exact_match
+    from mixmerge.eval.repair import repair_exact_match
     from mixmerge.models import load_model, load_tokenizer
 
     rcfg = dict(cfg["strategy"].get("repair_eval") or {})
@@ -141,12 +117,13 @@ def _repair_exact_match(cfg, store, variant, splits, task: str) -> dict[str, flo
 
 def run(cfg: Mapping[str, Any], *, store, run_dir: Path, tracker) -> float | None:
     """Round by round: specialists → merge into the main model → evaluate on all tasks seen → report."""
+    from mixmerge.data import load_tasks
     from mixmerge.models import BaseModel
     from mixmerge.stages import Variant, ensure_base, ensure_evaluation, ensure_merged, ensure_specialist
 
     strategy = cfg["strategy"]
     mode = strategy.get("base_mode", "previous")
-    tasks = load_all_tasks(cfg["task"], store, cfg["seed"])
+    tasks = load_tasks(cfg["task"], store=store, seed=cfg["seed"])
     plan = plan_rounds(strategy, list(tasks), cfg["merge"])
     original = ensure_base(cfg, store)
     current: Variant | None = None

@@ -22,7 +22,6 @@ METRICS_FILE = "metrics.json"
 # Row keys every report starts with; metric columns follow, sorted.
 LEAD_COLUMNS = ("job", "method", "weight", "objective", "overrides")
 MERGE_PARAMS = ("density", "epsilon", "gamma", "lambda")
-REFERENCE_VARIANTS = ("base", "specialist/codegen", "specialist/codesum", "mixture")
 
 
 def _read_overrides(job_dir: Path) -> list[str]:
@@ -94,6 +93,14 @@ def columns_of(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     return lead[:-1] + params + objectives + rest + lead[-1:]
 
 
+def reference_variants(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The non-merged variants the jobs report (base, each ``specialist/<task>``, mixture), in that order."""
+    columns = {c for r in rows for c in r}
+    specialists = sorted({"specialist/" + c.split("/")[1] for c in columns
+                          if c.startswith("specialist/") and c.count("/") >= 2})
+    return [v for v in ("base", *specialists, "mixture") if any(c.startswith(v + "/") for c in columns)]
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
 
@@ -145,11 +152,12 @@ def plot_weight_sweep(rows: Sequence[Mapping[str, Any]], metric: str, path: Path
         ax.plot([w for w, _ in xy], [v for _, v in xy], marker="o", label=f"merged: {method}")
     suffix = metric.split("/", 1)[1] if metric.startswith("merged/") else None
     if suffix:
-        for ref, color in zip(REFERENCE_VARIANTS, ("0.5", "C6", "C8", "C9"), strict=True):
+        for i, ref in enumerate(reference_variants(rows)):
+            color = "0.5" if ref == "base" else f"C{6 + i % 4}"
             vals = [float(r[f"{ref}/{suffix}"]) for r in rows if _is_number(r.get(f"{ref}/{suffix}"))]
             if vals:
                 ax.axhline(sum(vals) / len(vals), linestyle="--", linewidth=1, color=color, label=ref)
-    ax.set_xlabel("merge.weight (share of the codegen specialist)")
+    ax.set_xlabel("merge.weight (share of the first specialist)")
     ax.set_ylabel(metric)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
