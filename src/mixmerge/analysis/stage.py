@@ -1,7 +1,10 @@
 """The analysis stage in one call: analyse, plot, tabulate, recommend, check, report, log.
 
-Takes the ``analysis`` config as a plain mapping (see conf/analysis/default.yaml), so the pipeline
-passes ``OmegaConf.to_container(cfg.analysis)`` and nothing here depends on Hydra.
+Two strategies call it: ``strategy=compare`` after evaluation (``strategy/compare.py``, with the variants'
+metrics, so the recommendation is checked against what won) and ``strategy=analyze`` (given folders, the
+specialists, or short probe fine-tunes; no metrics, no check). The ``analysis`` config arrives as a plain
+mapping (``job.py`` resolves the whole config once; see conf/analysis/default.yaml), so nothing here
+depends on Hydra.
 """
 
 from __future__ import annotations
