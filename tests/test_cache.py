@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mixmerge.cache import ArtifactStore, content_key
-from mixmerge.pipeline import merge_config_for_key, training_config
+from mixmerge.stages import merge_config_for_key, training_config
 
 
 def _writer(calls: list):

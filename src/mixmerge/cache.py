@@ -17,13 +17,15 @@ import os
 import platform
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+# write_json_atomic lives in mixmerge.files; still importable from here for merge/engine.py until it switches.
+from mixmerge.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +64,6 @@ class Artifact:
     path: Path
     manifest: dict[str, Any]
     reused: bool
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 class ArtifactStore:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mixmerge.dtypes import DTYPE_NAMES
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the field and how to fix it."""
@@ -19,8 +21,7 @@ def validate_model(model: Mapping[str, Any]) -> None:
     from mixmerge.models import SOURCES
 
     _require(model.get("source") in SOURCES, f"model.source={model.get('source')!r} must be one of {SOURCES}")
-    _require(model.get("dtype") in ("float32", "bfloat16", "float16"),
-             f"model.dtype={model.get('dtype')!r} must be float32, bfloat16 or float16")
+    _require(model.get("dtype") in DTYPE_NAMES, f"model.dtype={model.get('dtype')!r} must be one of {DTYPE_NAMES}")
     _require(model.get("prompt_style") in ("completion", "chat"),
              f"model.prompt_style={model.get('prompt_style')!r} must be 'completion' or 'chat'")
     if model["source"] == "hub":

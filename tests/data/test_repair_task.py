@@ -15,7 +15,6 @@ from mixmerge.data.repair_task import (
     PROMPT_TAIL,
     buggy_of,
     load_repair_task,
-    repair_exact_match,
 )
 from mixmerge.data.stdlib import load_stdlib_task, split_of
 
@@ -123,27 +122,3 @@ def test_hub_dataset_offline_without_cache_names_the_dataset():
            "fields": {"buggy": "buggy_code", "fixed": "fixed_code"}}
     with pytest.raises(DatasetNotAvailableError, match="mixmerge-test/no-such-repair-set"):
         load_repair_task("repair", cfg, None)
-
-
-def test_repair_exact_match_scores_normalised_generations(monkeypatch):
-    import mixmerge.eval.generate as gen
-
-    cfg = {"source": "repair", "from": "local", "path": str(FIXTURE), "valid_fraction": 0.0, "test_fraction": 0.0,
-           "fields": {"buggy": "buggy_code", "fixed": "fixed_code"}, "where": {"language": "python"}}
-    examples = load_repair_task("repair", cfg, None)[0]["train"]
-    replies = [
-        "def add(a,b):\n    # fixed\n    return (a + b)\n\ndef extra():\n    pass\n",  # right, then a 2nd function
-        "def last(xs):\n    return xs[len(xs)]\n",  # the bug kept
-        "```python\ndef is_pos(x):\n    return x > 0\n```",  # right, fenced
-        "def count(n):\n    return sum(1 for _ in range(n - 1))\n",  # a new bug
-    ]
-    seen = {}
-
-    def fake_generate(model, tokenizer, prompts, **kw):
-        seen.update(kw, prompts=prompts)
-        return [[r] for r in replies]
-
-    monkeypatch.setattr(gen, "generate", fake_generate)
-    em = repair_exact_match(None, None, examples, max_new_tokens=64, batch_size=2)
-    assert em == 0.5
-    assert seen["max_new_tokens"] == 64 and seen["batch_size"] == 2 and seen["prompts"][0] == examples[0].prompt

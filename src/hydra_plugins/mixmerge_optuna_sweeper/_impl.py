@@ -29,7 +29,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from mixmerge.cache import write_json_atomic
+from mixmerge.files import write_json_atomic, write_text_atomic
 from mixmerge.sweep import space as sp
 from mixmerge.sweep import study as st
 
@@ -292,10 +292,8 @@ class OptunaSweeperImpl(Sweeper):
     def _write_results(self, study: optuna.Study) -> None:
         results = st.study_results(study)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        path = self.sweep_dir / "optimization_results.yaml"
-        tmp = path.with_suffix(".yaml.tmp")
-        OmegaConf.save(OmegaConf.create(results), tmp)
-        tmp.replace(path)
+        path = write_text_atomic(self.sweep_dir / "optimization_results.yaml",
+                                 OmegaConf.to_yaml(OmegaConf.create(results)))
         write_json_atomic(self.sweep_dir / "optimization_results.json", results)
         if "solutions" in results:
             from mixmerge.sweep.report import write_pareto

@@ -10,16 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from mixmerge.analysis.layers import MODULE_TYPES
 from mixmerge.analysis.stream import ALL, AnalysisResult
-from mixmerge.cache import write_json_atomic
+from mixmerge.files import save_figure_atomic, write_json_atomic, write_text_atomic
 
-__all__ = ["plot_analysis", "write_tables", "write_text_atomic"]
+__all__ = ["plot_analysis", "write_tables"]
 
 NORM_COLUMNS = ("model", "layer", "module", "l2", "rms", "base_l2", "rel_l2", "numel")
 PAIR_COLUMNS = ("pair", "model_a", "model_b", "layer", "module", "pearson", "cosine", "sign_conflict_rate", "numel")
@@ -29,17 +27,6 @@ _PAIR_STATS = {
     "cosine": ("Cosine similarity of task vectors", "cosine (unitless)", (-1.05, 1.05)),
     "sign_conflict_rate": ("Sign-conflict rate of task vectors", "fraction of co-updated weights", (0.0, 1.0)),
 }
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _clean(value):
@@ -81,11 +68,7 @@ def _series(rows: Sequence[dict], key: str, name: str, module: str, stat: str, l
 def _save(fig, out: Path, stem: str, formats: Sequence[str]) -> list[Path]:
     paths = []
     for fmt in formats:
-        path = out / f"{stem}.{fmt}"
-        tmp = _tmp(path)
-        fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-        paths.append(path)
+        paths.append(save_figure_atomic(fig, out / f"{stem}.{fmt}", format=fmt, dpi=120, bbox_inches="tight"))
     return paths
 
 

@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from mixmerge.analysis.stream import ALL, AnalysisResult, pair_name
+from mixmerge.tasks import headline_metrics
 
 __all__ = [
-    "DEFAULT_TASK_METRICS",
     "Recommendation",
     "check_recommendation",
     "correlation_profile",
@@ -27,12 +27,6 @@ __all__ = [
 
 CHOICES = ("mix", "merge", "uncertain")
 STATISTICS = ("layer_mean", "overall")
-# Each specialist's own task metric (higher is better), used for the degradation figure.
-DEFAULT_TASK_METRICS = {
-    "codegen": "codegen/humaneval_pass@1",
-    "codesum": "codesum/bleu4",
-    "repair": "repair/exact_match",
-}
 
 
 @dataclass(frozen=True)
@@ -170,12 +164,12 @@ def check_recommendation(
 
     Degradation (the paper's headline figure): for each task t with a specialist,
     d_t = (s_t − m_t) / s_t, where s_t is the specialist's score on its own task metric
-    (``task_metrics[t]``) and m_t the best merge's score on the same metric; the reported ``mean`` is the
+    (``task_metrics[t]``, by default its row's headline metric in ``mixmerge.tasks``) and m_t the best merge's score on the same metric; the reported ``mean`` is the
     mean of d_t over tasks (0.04 = the merge retains 96%). Negative d_t means the merge beat the
     specialist. The same figure is given for the mixture.
     """
     metrics = {v: _metrics(m) for v, m in variant_metrics.items()}
-    task_metrics = {**DEFAULT_TASK_METRICS, **dict(task_metrics or {})}
+    task_metrics = {**headline_metrics(), **dict(task_metrics or {})}
     merge_names = list(merges) if merges is not None else [
         v for v in metrics if v == merged_prefix or v.startswith(merged_prefix.rstrip("/") + "/")
     ]

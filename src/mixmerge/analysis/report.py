@@ -6,9 +6,9 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from mixmerge.analysis.plots import write_text_atomic
 from mixmerge.analysis.recommend import Recommendation
 from mixmerge.analysis.stream import ALL, AnalysisResult
+from mixmerge.files import write_text_atomic
 
 __all__ = ["render_analysis_report", "write_analysis_report"]
 

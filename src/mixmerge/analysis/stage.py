@@ -1,7 +1,10 @@
 """The analysis stage in one call: analyse, plot, tabulate, recommend, check, report, log.
 
-Takes the ``analysis`` config as a plain mapping (see conf/analysis/default.yaml), so the pipeline
-passes ``OmegaConf.to_container(cfg.analysis)`` and nothing here depends on Hydra.
+Two strategies call it: ``strategy=compare`` after evaluation (``strategy/compare.py``, with the variants'
+metrics, so the recommendation is checked against what won) and ``strategy=analyze`` (given folders, the
+specialists, or short probe fine-tunes; no metrics, no check). The ``analysis`` config arrives as a plain
+mapping (``job.py`` resolves the whole config once; see conf/analysis/default.yaml), so nothing here
+depends on Hydra.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from mixmerge.analysis.plots import plot_analysis, write_tables
 from mixmerge.analysis.recommend import Recommendation, check_recommendation, correlation_profile, recommend
 from mixmerge.analysis.report import write_analysis_report
 from mixmerge.analysis.stream import AnalysisResult, analyze_models
-from mixmerge.cache import write_json_atomic
+from mixmerge.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-PROMPT_STYLES = ("completion", "chat")
+from mixmerge.tasks import task_spec
 
-# Chat-style instructions per task; completion style uses the prompt as is (HumanEval style).
-TASK_INSTRUCTIONS = {
-    "codegen": "Complete the following Python function.",
-    "codesum": "Summarize the following Python function in one sentence.",
-    "repair": "Fix the bug in the following Python function.",
-}
+PROMPT_STYLES = ("completion", "chat")
 
 
 @dataclass(frozen=True)
@@ -32,15 +27,17 @@ class Example:
 
 
 def render_prompt(example: Example, tokenizer=None, style: str = "completion") -> str:
-    """The exact prompt text for ``style``; the target is appended right after it."""
+    """The exact prompt text for ``style``; the target is appended right after it.
+
+    Completion style is the prompt plus the task's ``completion_suffix`` (HumanEval style: nothing); chat
+    style puts the task's ``instruction`` before it in one user turn (rows in ``mixmerge.tasks``).
+    """
     if style == "completion":
-        if example.task == "codesum":
-            return f"{example.prompt}\n# Summary:"
-        return example.prompt
+        return example.prompt + task_spec(example.task).completion_suffix
     if style == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("model.prompt_style=chat needs a tokenizer with a chat template; use completion")
-        instruction = TASK_INSTRUCTIONS.get(example.task, "")
+        instruction = task_spec(example.task).instruction
         content = f"{instruction}\n\n{example.prompt}" if instruction else example.prompt
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
@@ -52,6 +49,6 @@ def render_target(example: Example, tokenizer=None, style: str = "completion") -
     """The target text, ended the way the model should learn to stop."""
     if style == "chat" and tokenizer is not None and tokenizer.eos_token:
         return example.target + tokenizer.eos_token
-    if example.task == "codesum":
+    if task_spec(example.task).target_is_sentence:
         return " " + example.target.strip() + "\n"
     return example.target

@@ -289,37 +289,3 @@ def load_repair_task(task_name: str, source_cfg: Mapping[str, Any], store) -> tu
     if task_name != TASK:
         splits = {s: [Example(e.prompt, e.target, task_name, e.id) for e in exs] for s, exs in splits.items()}
     return splits, info
-
-
-# ---- the metric -----------------------------------------------------------------------------------------
-
-
-def repair_exact_match(model, tokenizer, examples: Sequence[Example], *, max_new_tokens: int, batch_size: int = 8,
-                       prompt_style: str = "completion") -> float:
-    """Fraction of examples whose greedy generation equals the fixed function after ``normalize_code``."""
-    from mixmerge.data.example import render_prompt
-    from mixmerge.eval.generate import generate
-
-    if not examples:
-        return float("nan")
-    prompts = [render_prompt(ex, tokenizer, prompt_style) for ex in examples]
-    outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       stop=list(_STOPS) if prompt_style == "completion" else [], desc="repair")
-    hits = sum(exact_match(_cut(out[0]), ex.target) for out, ex in zip(outputs, examples, strict=True))
-    return hits / len(examples)
-
-
-_STOPS = ("\n# ", "\nclass ", "\ndef ", "\n@", "\nif __name__")
-
-
-def _cut(text: str) -> str:
-    """The generated function: a fenced block's content, else everything before the next top-level statement."""
-    stripped = text.lstrip()
-    if stripped.startswith("```"):
-        body = stripped.split("\n", 1)[1] if "\n" in stripped else ""
-        return body.split("```", 1)[0]
-    for stop in _STOPS:
-        i = text.find(stop, 1)
-        if i >= 0:
-            text = text[:i]
-    return text

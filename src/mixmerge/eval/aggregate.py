@@ -3,15 +3,17 @@
 ``eval.aggregate.terms`` maps a metric to the scale that puts it on a 0-1 "higher is better" footing
 (pass@1 is already 0-1, BLEU-4 is 0-100 so 0.01; a loss can enter with a negative scale). The default
 ``method: mean`` is the mean of these normalised task scores; ``weighted`` uses ``weights``; ``min`` is
-the worst task. Terms whose metric was not computed (say, BLEU under ``eval=quick``) are skipped.
+the worst task. Terms whose metric was not computed (say, BLEU under ``eval=quick``) are skipped. Without
+``terms``, every task's headline metric at its row's scale (``mixmerge.tasks``) is a term.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mixmerge.tasks import default_aggregate_terms
+
 METHODS = ("mean", "weighted", "min")
-DEFAULT_TERMS = {"codegen/humaneval_pass@1": 1.0, "codesum/bleu4": 0.01}
 
 
 def normalised_scores(metrics: Mapping[str, float], terms: Mapping[str, float]) -> dict[str, float]:
@@ -24,7 +26,7 @@ def aggregate(metrics: Mapping[str, float], eval_cfg: Mapping) -> float:
     """The configured aggregate of ``metrics`` (see the module docstring)."""
     spec = dict((eval_cfg or {}).get("aggregate") or {})
     method = spec.get("method", "mean")
-    terms = dict(spec.get("terms") or DEFAULT_TERMS)
+    terms = dict(spec.get("terms") or default_aggregate_terms())
     if method not in METHODS:
         raise ValueError(f"eval.aggregate.method={method!r} is not one of {METHODS}")
     scores = normalised_scores(metrics, terms)

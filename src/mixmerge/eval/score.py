@@ -18,10 +18,10 @@ from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
-from mixmerge.cache import write_json_atomic
 from mixmerge.eval.metrics import smoothed_bleu4
 from mixmerge.eval.problems import CodeProblem, load_humaneval, load_mbpp
-from mixmerge.eval.suite import execute_solutions, pass_at_k_table, write_jsonl_atomic
+from mixmerge.eval.suite import execute_solutions, pass_at_k_table
+from mixmerge.files import write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 

@@ -1,22 +1,22 @@
 """The evaluation stage for one model: every configured metric, per-problem records, cached.
 
-``evaluate_model`` runs, for each task in ``heldout``: held-out loss (``<task>/loss``); for codegen the
-HumanEval (and optionally MBPP) pass@1 from greedy completions and pass@k from ``n`` samples, executed in
-the sandbox; for codesum the smoothed BLEU-4 of generated summaries. The pipeline caches the whole result
-(``pipeline.ensure_evaluation``) under the variant's key, ``eval_cache_config(eval)``, the prompt style
+``evaluate_model`` runs, for each task in ``heldout``: held-out loss (``<task>/loss``), then the task's
+evaluator from its row in ``mixmerge.tasks`` (codegen: HumanEval and optionally MBPP pass@1 from greedy
+completions and pass@k from ``n`` samples, executed in the sandbox; codesum: the smoothed BLEU-4 of generated
+summaries; repair: exact match of greedy repairs, ``eval/repair.py``). The stages cache the whole result
+(``stages.ensure_evaluation``) under the variant's key, ``eval_cache_config(eval)``, the prompt style
 and the held-out data, so a rerun or a sweep never generates or executes twice for the same model.
 """
 
 from __future__ import annotations
 
-import json
+import importlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from mixmerge.cache import write_json_atomic
 from mixmerge.data.example import Example, render_prompt
 from mixmerge.eval.generate import generate
 from mixmerge.eval.loss import heldout_loss
@@ -31,25 +31,43 @@ from mixmerge.eval.problems import (
     seeded_subset,
 )
 from mixmerge.eval.sandbox import run_programs
+from mixmerge.files import write_json_atomic, write_jsonl_atomic
+from mixmerge.tasks import TASKS, task_spec
 
 log = logging.getLogger(__name__)
 
 # Keys that do not change what is computed (only how fast, whether to cache, or strategy=score's inputs).
-_NOT_IN_KEY = ("workers", "cache", "samples", "bleu")
+_NOT_IN_KEY = ("workers", "cache", "samples", "bleu", "allow_unsafe_sandbox")
 
 
-def write_jsonl_atomic(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
-    tmp.replace(path)
+@dataclass(frozen=True)
+class EvalPart:
+    """One part of a task's evaluation: its metrics, per-problem records (``<part>.jsonl``) and seconds."""
+
+    metrics: dict[str, float]
+    records: list[dict]
+    seconds: float
 
 
-def _problem_prompt(problem: CodeProblem, tokenizer, style: str) -> str:
+# A task's evaluator (``TaskSpec.evaluator``): (model, tokenizer, held-out examples, *, task, eval_cfg, style)
+# -> {part name: EvalPart}; {} when its ``eval`` sections are disabled.
+Evaluator = Callable[..., dict[str, EvalPart]]
+
+
+def evaluator_of(task: str) -> Evaluator | None:
+    """The evaluator function named by ``task``'s row, imported on first use (None: held-out loss only)."""
+    target = task_spec(task).evaluator
+    if target is None:
+        return None
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _problem_prompt(problem: CodeProblem, tokenizer, style: str, task: str) -> str:
     if style == "completion":
         return problem.prompt
-    if problem.benchmark == "humaneval":  # the same chat rendering the codegen task is trained with
-        return render_prompt(Example(problem.prompt, "", "codegen", problem.task_id), tokenizer, "chat")
+    if problem.benchmark == "humaneval":  # the same chat rendering the code-generation task is trained with
+        return render_prompt(Example(problem.prompt, "", task, problem.task_id), tokenizer, "chat")
     return tokenizer.apply_chat_template([{"role": "user", "content": problem.instruction}], tokenize=False,
                                          add_generation_prompt=True)
 
@@ -74,10 +92,10 @@ def pass_at_k_table(correct: Mapping[str, list[bool]], ks: Sequence[int]) -> dic
 
 
 def _eval_benchmark(model, tokenizer, name: str, problems: list[CodeProblem], eval_cfg: Mapping,
-                    style: str) -> tuple[dict[str, float], list[dict]]:
+                    style: str, task: str) -> tuple[dict[str, float], list[dict]]:
     """pass@1 (greedy) and pass@k (sampled) on one benchmark, plus its per-sample records."""
     bench_cfg = dict(eval_cfg.get(name) or {})
-    prompts = [_problem_prompt(p, tokenizer, style) for p in problems]
+    prompts = [_problem_prompt(p, tokenizer, style, task) for p in problems]
     stop = problems[0].stop if style == "completion" else ()
     runs = [("greedy", 1, 0.0)]
     n = int(eval_cfg.get("n", 1))
@@ -101,27 +119,55 @@ def _eval_benchmark(model, tokenizer, name: str, problems: list[CodeProblem], ev
                             "result": result.describe(), "gen_time_s": round(seconds[i] / n_samples, 4),
                             "exec_time_s": result.elapsed_s})
         table = pass_at_k_table(correct, [1] if mode == "greedy" else [k for k in eval_cfg.get("k", [1]) if k > 1])
-        metrics.update({f"codegen/{name}_pass@{k}": v for k, v in table.items()})
+        metrics.update({f"{task}/{name}_pass@{k}": v for k, v in table.items()})
     return metrics, records
+
+
+def evaluate_code_benchmarks(model, tokenizer, examples: Sequence[Example], *, task: str, eval_cfg: Mapping,
+                             style: str) -> dict[str, EvalPart]:
+    """The code-generation evaluator: HumanEval and MBPP (each when enabled in ``eval``), executed in the
+    sandbox; the benchmarks are fixed problem sets, so the task's own held-out ``examples`` are not used."""
+    seed = int(eval_cfg.get("seed", 0))
+    parts = {}
+    for name in ("humaneval", "mbpp"):
+        bench_cfg = dict(eval_cfg.get(name) or {})
+        if not bench_cfg.get("enabled", False):
+            continue
+        started = time.perf_counter()
+        if name == "mbpp":
+            problems = load_mbpp(str(bench_cfg.get("source", "hub")), variant=str(bench_cfg.get("variant", "full")))
+        else:
+            problems = load_humaneval()
+        problems = seeded_subset(problems, bench_cfg.get("limit"), seed)
+        metrics, records = _eval_benchmark(model, tokenizer, name, problems, eval_cfg, style, task)
+        parts[name] = EvalPart(metrics, records, time.perf_counter() - started)
+    return parts
 
 
 # Completion-style summaries often start with a newline after "# Summary:", so a "\n" stop string would
 # end them before their first word; they run to EOS or max_new_tokens and ``first_sentence`` cuts them.
-def _eval_codesum(model, tokenizer, examples: list[Example], eval_cfg: Mapping,
-                  style: str) -> tuple[dict[str, float], list[dict]]:
+def evaluate_summaries(model, tokenizer, examples: Sequence[Example], *, task: str, eval_cfg: Mapping,
+                       style: str) -> dict[str, EvalPart]:
+    """The summarization evaluator: smoothed BLEU-4 of generated one-sentence summaries on a seeded subset of
+    the held-out ``examples``, when ``eval.codesum.enabled``."""
     cfg = dict(eval_cfg.get("codesum") or {})
+    if not cfg.get("enabled", False):
+        return {}
+    started = time.perf_counter()
+    examples = seeded_subset(list(examples), cfg.get("limit"), int(eval_cfg.get("seed", 0)))
     prompts = [render_prompt(ex, tokenizer, style) for ex in examples]
     seconds: list[float] = []
     outputs = generate(model, tokenizer, prompts, max_new_tokens=int(cfg.get("max_new_tokens", 32)),
                        batch_size=int(eval_cfg.get("batch_size", 8)), stop=SUMMARY_STOP if style == "chat" else (),
-                       seed=int(eval_cfg.get("seed", 0)), desc="codesum generate", seconds_out=seconds)
+                       seed=int(eval_cfg.get("seed", 0)), desc=f"{task} generate", seconds_out=seconds)
     predictions = [first_sentence(outs[0]) for outs in outputs]
     references = [ex.target.strip() for ex in examples]
     records = [{"id": ex.id, "prompt": p, "completion": outs[0], "prediction": pred, "reference": ref,
                 "bleu4": round(100 * sentence_bleu([ref], pred), 4), "gen_time_s": round(s, 4)}
                for ex, p, outs, pred, ref, s in zip(examples, prompts, outputs, predictions, references, seconds,
                                                     strict=True)]
-    return {"codesum/bleu4": smoothed_bleu4(references, predictions)}, records
+    metrics = {f"{task}/bleu4": smoothed_bleu4(references, predictions)}
+    return {task: EvalPart(metrics, records, time.perf_counter() - started)}
 
 
 def _evaluate(model, tokenizer, eval_cfg: Mapping, heldout: Mapping[str, Sequence[Example]], style: str,
@@ -140,29 +186,15 @@ def _evaluate(model, tokenizer, eval_cfg: Mapping, heldout: Mapping[str, Sequenc
                 model, tokenizer, subset, prompt_style=style, batch_size=int(loss_cfg.get("batch_size", 8)),
                 max_tokens=int(loss_cfg.get("max_tokens", 1024)), desc=f"{task} loss")
             timings[f"{task}/loss"] = time.perf_counter() - started
-    if "codegen" in heldout:
-        for name, loader in (("humaneval", load_humaneval), ("mbpp", None)):
-            bench_cfg = dict(eval_cfg.get(name) or {})
-            if not bench_cfg.get("enabled", False):
-                continue
-            started = time.perf_counter()
-            if loader is None:
-                problems = load_mbpp(str(bench_cfg.get("source", "hub")), variant=str(bench_cfg.get("variant", "full")))
-            else:
-                problems = loader()
-            problems = seeded_subset(problems, bench_cfg.get("limit"), seed)
-            bench_metrics, records = _eval_benchmark(model, tokenizer, name, problems, eval_cfg, style)
-            metrics.update(bench_metrics)
-            write_jsonl_atomic(out_dir / f"{name}.jsonl", records)
-            timings[name] = time.perf_counter() - started
-    codesum_cfg = dict(eval_cfg.get("codesum") or {})
-    if "codesum" in heldout and codesum_cfg.get("enabled", False):
-        started = time.perf_counter()
-        examples = seeded_subset(list(heldout["codesum"]), codesum_cfg.get("limit"), seed)
-        bleu_metrics, records = _eval_codesum(model, tokenizer, examples, eval_cfg, style)
-        metrics.update(bleu_metrics)
-        write_jsonl_atomic(out_dir / "codesum.jsonl", records)
-        timings["codesum"] = time.perf_counter() - started
+    for task, examples in heldout.items():
+        evaluator = evaluator_of(task)
+        if evaluator is None:
+            continue
+        for part, result in evaluator(model, tokenizer, list(examples), task=task, eval_cfg=eval_cfg,
+                                      style=style).items():
+            metrics.update(result.metrics)
+            write_jsonl_atomic(out_dir / f"{part}.jsonl", result.records)
+            timings[part] = result.seconds
     write_json_atomic(out_dir / "eval_summary.json",
                       {"metrics": metrics, "seconds": timings, "caption": describe_subsets(eval_cfg)})
     log.info("evaluation took %s", {k: round(v, 1) for k, v in timings.items()})
@@ -175,8 +207,7 @@ def describe_subsets(eval_cfg: Mapping) -> str:
     if not cfg.get("enabled", True):
         return "No evaluation (eval=none)."
     seed, parts = cfg.get("seed", 0), []
-    sizes = {"humaneval": "of the 164 HumanEval problems", "mbpp": "MBPP test problems",
-             "codesum": "held-out code-summarization examples"}
+    sizes = {section: what for spec in TASKS.values() for section, what in spec.eval_sections.items()}
     for name, what in sizes.items():
         sub = dict(cfg.get(name) or {})
         if sub.get("enabled", False):
@@ -210,7 +241,7 @@ def evaluate_model(
     """Every configured metric for one model; ``{}`` when evaluation is disabled (``eval=none``).
 
     Per-problem JSONL and ``eval_summary.json`` go into ``out_dir`` when given (the pipeline caches
-    around this call, by the variant's artifact key: see ``pipeline.ensure_evaluation``).
+    around this call, by the variant's artifact key: see ``stages.ensure_evaluation``).
     """
     eval_cfg = dict(eval_cfg or {})
     if not eval_cfg.get("enabled", True):

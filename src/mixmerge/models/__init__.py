@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from mixmerge.cache import ArtifactStore, content_key
+from mixmerge.dtypes import torch_dtype
 from mixmerge.models.gguf import convert_gguf_to_hf, find_packaged_file
 from mixmerge.models.hub import ModelNotAvailableError, cached_snapshot, resolve_hub_snapshot
 from mixmerge.models.tiny import write_tiny_model
@@ -27,7 +28,6 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "resolve_base_model",
-    "torch_dtype",
 ]
 
 SOURCES = ("gguf", "tiny", "hub", "local")
@@ -41,13 +41,6 @@ class BaseModel:
     path: Path
     key: str
     origin: str  # human-readable: where the weights came from
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise ValueError(f"model.dtype={name!r} is not one of float32, bfloat16, float16") from None
 
 
 def _embedded_tokenizer(store: ArtifactStore, gguf_cfg: Mapping[str, Any]):

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mixmerge.cache import write_json_atomic
+from mixmerge.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,12 @@ def run(cfg: Mapping[str, Any], *, store, run_dir: Path, tracker) -> None:
         base_path, models = _given_folders(acfg)
         source = "folders"
     else:
-        from mixmerge.models import resolve_base_model
-        from mixmerge.pipeline import ensure_specialist
-        from mixmerge.strategy.rounds import load_all_tasks
+        from mixmerge.data import load_tasks
+        from mixmerge.stages import ensure_base, ensure_specialist
 
         train_cfg = probe_config(cfg) if probe.get("enabled") else cfg
-        base = resolve_base_model(cfg["model"], store)
-        tasks = load_all_tasks(cfg["task"], store, cfg["seed"])
+        base = ensure_base(cfg, store)
+        tasks = load_tasks(cfg["task"], store=store, seed=cfg["seed"])
         if len(tasks) < 2:
             raise ValueError(f"strategy=analyze correlates task vectors and needs two tasks; task.tasks has "
                              f"{sorted(tasks)} (use task=mixture or task=three)")

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mixmerge.cache import write_json_atomic
+from mixmerge.files import save_figure_atomic, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -87,35 +87,11 @@ def plan_rounds(strategy_cfg: Mapping[str, Any], task_names: Sequence[str], glob
     return plan
 
 
-def load_all_tasks(task_cfg: Mapping[str, Any], store, seed: int) -> dict:
-    """``load_tasks``, with ``source: repair`` handled here until data/tasks.py dispatches it."""
-    from mixmerge.data.tasks import SPLITS, TaskSplits, cap, check_disjoint, load_task_splits, splits_key
-
-    limits = {k: task_cfg.get(k) for k in ("max_train_examples", "max_eval_examples")}
-    out = {}
-    for name, source_cfg in (task_cfg.get("tasks") or {}).items():
-        if source_cfg.get("source") != "repair":
-            out[name] = load_task_splits(name, dict(source_cfg), store=store, seed=seed, limits=limits)
-            continue
-        from mixmerge.data.repair_task import load_repair_task
-
-        full, info = load_repair_task(name, source_cfg, store)
-        limited = {"train": cap(full["train"], limits["max_train_examples"], seed=seed),
-                   "valid": cap(full["valid"], limits["max_eval_examples"], seed=seed),
-                   "test": cap(full["test"], limits["max_eval_examples"], seed=seed)}
-        info = {**info, "available": {s: len(full[s]) for s in SPLITS}, "counts": {s: len(limited[s]) for s in SPLITS}}
-        out[name] = TaskSplits(name, limited["train"], limited["valid"], limited["test"], splits_key(name, limited), info)
-    if not out:
-        raise ValueError("task.tasks is empty; strategy=rounds needs the tasks its rounds add (e.g. task=three)")
-    check_disjoint(out)
-    return out
-
-
 def _repair_exact_match(cfg, store, variant, splits, task: str) -> dict[str, float]:
     """``<task>/exact_match`` of greedy repairs (cached per model and data), when ``strategy.repair_eval`` asks."""
     import json
 
-    from mixmerge.data.repair_task import repair_exact_match
+    from mixmerge.eval.repair import repair_exact_match
     from mixmerge.models import load_model, load_tokenizer
 
     rcfg = dict(cfg["strategy"].get("repair_eval") or {})
@@ -141,14 +117,15 @@ def _repair_exact_match(cfg, store, variant, splits, task: str) -> dict[str, flo
 
 def run(cfg: Mapping[str, Any], *, store, run_dir: Path, tracker) -> float | None:
     """Round by round: specialists → merge into the main model → evaluate on all tasks seen → report."""
-    from mixmerge.models import BaseModel, resolve_base_model
-    from mixmerge.pipeline import Variant, ensure_evaluation, ensure_merged, ensure_specialist
+    from mixmerge.data import load_tasks
+    from mixmerge.models import BaseModel
+    from mixmerge.stages import Variant, ensure_base, ensure_evaluation, ensure_merged, ensure_specialist
 
     strategy = cfg["strategy"]
     mode = strategy.get("base_mode", "previous")
-    tasks = load_all_tasks(cfg["task"], store, cfg["seed"])
+    tasks = load_tasks(cfg["task"], store=store, seed=cfg["seed"])
     plan = plan_rounds(strategy, list(tasks), cfg["merge"])
-    original = resolve_base_model(cfg["model"], store)
+    original = ensure_base(cfg, store)
     current: Variant | None = None
     seen: list[str] = []
     rows = []
@@ -234,10 +211,8 @@ def plot_retention(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None
         ax.set_xticks(rounds)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -245,9 +220,7 @@ def write_rounds_report(rows: Sequence[Mapping[str, Any]], run_dir: Path) -> dic
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "rounds.json", {"rounds": list(rows), "retention": retention(rows)})
     table = rounds_table(rows)
-    tmp = run_dir / "rounds.md.tmp"
-    tmp.write_text("# Merge rounds: every task seen so far, after each round\n\n" + table + "\n")
-    tmp.replace(run_dir / "rounds.md")
+    write_text_atomic(run_dir / "rounds.md", "# Merge rounds: every task seen so far, after each round\n\n" + table + "\n")
     print("\n" + table + "\n")
     files = {"json": run_dir / "rounds.json", "md": run_dir / "rounds.md"}
     plot = plot_retention(rows, run_dir / "rounds_retention.png")

@@ -12,17 +12,16 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from mixmerge.files import save_figure_atomic, write_text_atomic
 
 METRICS_FILE = "metrics.json"
 # Row keys every report starts with; metric columns follow, sorted.
 LEAD_COLUMNS = ("job", "method", "weight", "objective", "overrides")
 MERGE_PARAMS = ("density", "epsilon", "gamma", "lambda")
-REFERENCE_VARIANTS = ("base", "specialist/codegen", "specialist/codesum", "mixture")
 
 
 def _read_overrides(job_dir: Path) -> list[str]:
@@ -94,6 +93,14 @@ def columns_of(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     return lead[:-1] + params + objectives + rest + lead[-1:]
 
 
+def reference_variants(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The non-merged variants the jobs report (base, each ``specialist/<task>``, mixture), in that order."""
+    columns = {c for r in rows for c in r}
+    specialists = sorted({"specialist/" + c.split("/")[1] for c in columns
+                          if c.startswith("specialist/") and c.count("/") >= 2})
+    return [v for v in ("base", *specialists, "mixture") if any(c.startswith(v + "/") for c in columns)]
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
 
@@ -127,19 +134,6 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     return "\n".join(lines) + "\n"
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _atomic_figure(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
 def plot_weight_sweep(rows: Sequence[Mapping[str, Any]], metric: str, path: Path) -> Path | None:
     """``metric`` of the merged model vs ``merge.weight``, one line per method; dashed lines mark the
     specialists and the mixture (their mean over jobs) as in the paper's weight-sweep figure."""
@@ -158,15 +152,16 @@ def plot_weight_sweep(rows: Sequence[Mapping[str, Any]], metric: str, path: Path
         ax.plot([w for w, _ in xy], [v for _, v in xy], marker="o", label=f"merged: {method}")
     suffix = metric.split("/", 1)[1] if metric.startswith("merged/") else None
     if suffix:
-        for ref, color in zip(REFERENCE_VARIANTS, ("0.5", "C6", "C8", "C9"), strict=True):
+        for i, ref in enumerate(reference_variants(rows)):
+            color = "0.5" if ref == "base" else f"C{6 + i % 4}"
             vals = [float(r[f"{ref}/{suffix}"]) for r in rows if _is_number(r.get(f"{ref}/{suffix}"))]
             if vals:
                 ax.axhline(sum(vals) / len(vals), linestyle="--", linewidth=1, color=color, label=ref)
-    ax.set_xlabel("merge.weight (share of the codegen specialist)")
+    ax.set_xlabel("merge.weight (share of the first specialist)")
     ax.set_ylabel(metric)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    _atomic_figure(fig, path)
+    save_figure_atomic(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -185,7 +180,7 @@ def write_pareto(solutions: Sequence[Mapping[str, Any]], directions: Sequence[st
     lines = [header] + [[s.get("trial", ""), *s["values"], *(s.get("params", {}).get(p, "") for p in param_names)]
                         for s in solutions]
     csv_path = out_dir / "pareto_front.csv"
-    _atomic_text(csv_path, _csv_text(lines))
+    write_text_atomic(csv_path, _csv_text(lines))
     out = {"pareto_csv": csv_path}
     if n_obj == 2 and solutions:
         import matplotlib
@@ -203,7 +198,7 @@ def write_pareto(solutions: Sequence[Mapping[str, Any]], directions: Sequence[st
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         png = out_dir / "pareto_front.png"
-        _atomic_figure(fig, png)
+        save_figure_atomic(fig, png, dpi=120, bbox_inches="tight")
         plt.close(fig)
         out["pareto_plot"] = png
     return out
@@ -237,7 +232,7 @@ def write_report(rows: Sequence[Mapping[str, Any]], out_dir: Path, metric: str =
     cols = columns_of(rows)
     out: dict[str, Path] = {}
     out["csv"] = out_dir / "report.csv"
-    _atomic_text(out["csv"], _csv_text([cols] + [[r.get(c, "") for c in cols] for r in rows]))
+    write_text_atomic(out["csv"], _csv_text([cols] + [[r.get(c, "") for c in cols] for r in rows]))
 
     best = best_per_method(rows, metric, maximize)
     md = [f"# Sweep report ({len(rows)} jobs)\n", "## Best configuration per method "
@@ -262,7 +257,7 @@ def write_report(rows: Sequence[Mapping[str, Any]], out_dir: Path, metric: str =
         out.update(write_pareto(sols, directions, out_dir, others=others))
         md.append(f"\n## Pareto front ({len(front)} jobs)\n\n![Pareto front](pareto_front.png)\n")
     out["markdown"] = out_dir / "report.md"
-    _atomic_text(out["markdown"], "".join(md))
+    write_text_atomic(out["markdown"], "".join(md))
     return out
 
 

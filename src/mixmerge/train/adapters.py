@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mixmerge.models import load_model, torch_dtype
+from mixmerge.dtypes import torch_dtype
+from mixmerge.models import load_model
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,9 @@ def prepare_model(base_path: Path, finetune: Mapping[str, Any], *, dtype: str):
         q = finetune["quantization"]
         bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q["quant_type"],
                                  bnb_4bit_use_double_quant=bool(q["double_quant"]),
-                                 bnb_4bit_compute_dtype=torch_dtype(q["compute_dtype"]))
+                                 bnb_4bit_compute_dtype=torch_dtype(q["compute_dtype"], "finetune.quantization.compute_dtype"))
         model = AutoModelForCausalLM.from_pretrained(str(base_path), quantization_config=bnb,
-                                                     dtype=torch_dtype(q["compute_dtype"]))
+                                                     dtype=torch_dtype(q["compute_dtype"], "finetune.quantization.compute_dtype"))
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = get_peft_model(model, lora_config(finetune["lora"]))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from mixmerge.strategy.paper_table import average, degradation, paper_rows, paper_table
+from mixmerge.sweep.paper_table import average, degradation, paper_rows, paper_table
 
 REF = {"base/codegen/humaneval_pass@1": 0.20, "base/codegen/mbpp_pass@1": 0.30, "base/codesum/bleu4": 10.0,
        "specialist/codegen/codegen/humaneval_pass@1": 0.40, "specialist/codegen/codegen/mbpp_pass@1": 0.50,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mixmerge.cache import write_json_atomic
+from mixmerge.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The one story's stage functions: the in-memory merge gives the same model as the streamed one."""
+"""The stages (mixmerge.stages): the in-memory merge gives the same model as the streamed one."""
 
 from __future__ import annotations
 

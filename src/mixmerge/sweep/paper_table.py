@@ -12,12 +12,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# column label -> (metric key, owning specialist task, scale onto 0-100)
-COLUMNS: dict[str, tuple[str, str, float]] = {
-    "HumanEval": ("codegen/humaneval_pass@1", "codegen", 100.0),
-    "MBPP": ("codegen/mbpp_pass@1", "codegen", 100.0),
-    "CodeXGLUE BLEU": ("codesum/bleu4", "codesum", 1.0),
-}
+from mixmerge.tasks import report_columns
+
+# column label -> (metric key, owning specialist task, scale onto 0-100), from the task table's rows
+COLUMNS: dict[str, tuple[str, str, float]] = {col.label: (col.metric, task, col.scale) for task, col in report_columns()}
 METHOD_NAMES = {"linear": "Linear", "ties": "TIES", "dare": "DARE", "della": "DELLA", "task_arithmetic": "Task Arithmetic",
                 "slerp": "SLERP", "breadcrumbs": "Breadcrumbs", "model_stock": "Model Stock", "fisher": "Fisher"}
 
@@ -63,8 +61,13 @@ def _first(rows: Sequence[Mapping[str, Any]], variant: str) -> dict[str, float]:
 
 
 def paper_rows(rows: Sequence[Mapping[str, Any]], *, merged_variant: str = "merged",
-               tasks: Sequence[str] = ("codegen", "codesum")) -> list[dict[str, Any]]:
-    """``[{name, scores, average, degradation, weight}]`` in the paper's order; merges at their best average."""
+               tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """``[{name, scores, average, degradation, weight}]`` in the paper's order; merges at their best average.
+
+    ``tasks``: the specialists to list (default: every task that owns a column).
+    """
+    if tasks is None:
+        tasks = list(dict.fromkeys(task for _, task, _ in COLUMNS.values()))
     specialists = {t: _first(rows, f"specialist/{t}") for t in tasks}
     table = []
 

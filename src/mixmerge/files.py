@@ -1,0 +1,57 @@
+"""Atomic file writes: every result file is written to a temporary name beside it and renamed into place.
+
+A reader (a sweep report, a resumed run, a second job sharing the cache) therefore sees the old file or the
+new one, never half a file. The temporary name is unique per call, so two writers never share one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+def _temporary_beside(path: Path) -> Path:
+    """A hidden, unique name in ``path``'s folder (same file system, so the rename is atomic)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _replace_with(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp)`` on a fresh temporary beside ``path``, then rename it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_beside(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """``text`` into ``path`` (newlines written as given, on every platform)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+
+    return _replace_with(path, write)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """``obj`` as indented JSON with sorted keys (stable diffs); what JSON cannot hold is written as ``str``."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """One JSON object per line, in the order given (per-problem records)."""
+    return write_text_atomic(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
+def save_figure_atomic(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> Path:
+    """A matplotlib figure into ``path``; the format follows the suffix unless ``format=`` is given."""
+    fmt = savefig_kwargs.pop("format", None) or Path(path).suffix.lstrip(".") or None
+    return _replace_with(path, lambda tmp: fig.savefig(tmp, format=fmt, **savefig_kwargs))
