@@ -88,9 +88,10 @@ def ensure_mixture(cfg, store, tracker, base: BaseModel, tasks: Mapping[str, Any
 def merge_config_for_key(merge_cfg: Mapping[str, Any]) -> dict:
     """The merge parameters that determine the merged weights (paths of a standalone merge excluded), and
     the version of the merge algorithm."""
+    from mixmerge.merge.params import IO_KEYS
     from mixmerge.merge.registry import ALGORITHM_VERSION
 
-    params = {k: v for k, v in merge_cfg.items() if k not in ("base", "models", "output", "from_mergekit")}
+    params = {k: v for k, v in merge_cfg.items() if k not in IO_KEYS}
     return {**params, "algorithm_version": ALGORITHM_VERSION}
 
 
@@ -121,10 +122,10 @@ _RESIDENT_MERGERS: dict[tuple[str, ...], Any] = {}
 def merged_in_memory(cfg, store, base: BaseModel, specialists: Sequence[Variant]) -> Variant:
     """The merge as a live model built on demand (no folder), keyed like the on-disk merge so evaluations are
     shared; ``store`` is unused but keeps the signature of ``ensure_merged``."""
-    from mixmerge.merge import InMemoryMerger, validate_merge_config
+    from mixmerge.merge import InMemoryMerger, resolve_params
 
     merge_cfg = cfg["merge"]
-    validate_merge_config(merge_cfg, n_models=len(specialists))
+    params = resolve_params(merge_cfg, len(specialists))  # resolved once; every trial's merge takes it
     key = content_key("merged", merge_config_for_key(merge_cfg), merge_inputs(base, specialists))
     resident = (str(base.path), *(str(v.path) for v in specialists))
 
@@ -133,7 +134,7 @@ def merged_in_memory(cfg, store, base: BaseModel, specialists: Sequence[Variant]
             _RESIDENT_MERGERS.clear()  # keep one set of task vectors in memory
             _RESIDENT_MERGERS[resident] = InMemoryMerger(base.path, [v.path for v in specialists])
         model = load_model(base.path, dtype=cfg["model"]["dtype"])
-        report = _RESIDENT_MERGERS[resident].merge_into(model, merge_cfg)
+        report = _RESIDENT_MERGERS[resident].merge_into(model, params)
         log.info("merged %s in memory in %.2f s", merge_cfg["method"], report["time_s"])
         return model
 
