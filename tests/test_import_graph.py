@@ -149,7 +149,8 @@ def test_merge_package_layers():
     """Inside merge/: the registry and pure helpers at the bottom, the engines above, the edge on top."""
     order = [
         {"registry", "common", "tensor_names"},
-        {"params", "kernels", "io", "fused", "fused_select", "fused_della", "fused_combine", "fused_rng"},
+        {"params", "kernels", "io", "fused", "fused.primitives", "fused.rng", "fused.select", "fused.della",
+         "fused.combine"},
         {"mergekit_yaml", "validate", "output", "combine", "fast_gta", "fisher"},
         {"config_group", "engine", "in_memory"},
         {"standalone", "__init__"},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -10,21 +10,39 @@ from mixmerge.merge import kernels as K
 from mixmerge.merge.params import MergeParams
 
 
+def _magnitude(delta, params: MergeParams, i: int, key) -> torch.Tensor:
+    return K.sparsify_magnitude(delta, params.densities[i], params.rescale)
+
+
+def _breadcrumbs(delta, params: MergeParams, i: int, key) -> torch.Tensor:
+    return K.sparsify_breadcrumbs(delta, params.densities[i], params.gammas[i], params.rescale)
+
+
+def _random(delta, params: MergeParams, i: int, key) -> torch.Tensor:
+    return K.sparsify_random(delta, params.densities[i], key(), params.rescale)
+
+
+def _della(delta, params: MergeParams, i: int, key) -> torch.Tensor:
+    return K.sparsify_della(delta, params.densities[i], params.epsilons[i], key(), params.rescale)
+
+
+# A registry row's ``sparsify`` -> its torch kernel, called as (task vector, params, model index, key())
+# where key() is the (seed, tensor, model) key of random masks. A new sparsifier: its kernel in kernels.py,
+# a row here, a method row in registry.py and its YAML (on a CPU it runs here until fast_gta learns it).
+SPARSIFIERS: dict[str, Callable[..., torch.Tensor]] = {
+    "magnitude": _magnitude, "breadcrumbs": _breadcrumbs, "random": _random, "della": _della,
+}
+
+
 def sparsify_delta(delta: torch.Tensor, params: MergeParams, i: int, tensor_name: str) -> torch.Tensor:
     """Model ``i``'s task vector after the method's sparsifier (random ones seeded by tensor name)."""
     kind, density = params.method.sparsify, params.densities[i]
     if kind is None or density >= 1:
         return delta
-    if kind == "magnitude":
-        return K.sparsify_magnitude(delta, density, params.rescale)
-    if kind == "breadcrumbs":
-        return K.sparsify_breadcrumbs(delta, density, params.gammas[i], params.rescale)
-    key = K.tensor_key(params.seed, tensor_name, i)
-    if kind == "random":
-        return K.sparsify_random(delta, density, key, params.rescale)
-    if kind == "della":
-        return K.sparsify_della(delta, density, params.epsilons[i], key, params.rescale)
-    raise ValueError(f"unknown sparsifier {kind!r}")
+    if kind not in SPARSIFIERS:
+        raise ValueError(f"unknown sparsifier {kind!r} (merge.method={params.method.name}); known: "
+                         f"{', '.join(SPARSIFIERS)}")
+    return SPARSIFIERS[kind](delta, params, i, lambda: K.tensor_key(params.seed, tensor_name, i))
 
 
 def merge_whole(

@@ -37,10 +37,15 @@ class SparsityPlan:
     inputs_finite: bool = True
 
 
+# The sparsifiers the fused kernels implement (None: no sparsification); others run the torch reference.
+FUSED_SPARSIFIERS = (None, "magnitude", "random", "breadcrumbs", "della")
+
+
 def applies(params: MergeParams, device) -> bool:
     """The fused path serves the task-vector methods on a CPU (on a GPU the torch reference runs);
     ``device`` is a name ("cpu", "cuda:0") or a torch device."""
-    return params.method.kind == "gta" and str(device).split(":")[0] == "cpu"
+    return (params.method.kind == "gta" and params.method.sparsify in FUSED_SPARSIFIERS
+            and str(device).split(":")[0] == "cpu")
 
 
 def _arrays(xs) -> tuple[np.ndarray, ...]:

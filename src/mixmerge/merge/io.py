@@ -179,7 +179,8 @@ class _SafetensorsFile:
 
 
 class SafetensorsFolder:
-    """The tensors of an HF folder (single file or sharded index), read lazily one tensor at a time."""
+    """The tensors of an HF folder (single file or sharded index), read lazily one tensor at a time: the
+    one safetensors reader of mixmerge (the merge engines and the weight analysis). A context manager."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -241,6 +242,12 @@ class SafetensorsFolder:
         for f in self._files:
             f.close()
         self._files = []
+
+    def __enter__(self) -> SafetensorsFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class LoraAdapterSource:
