@@ -1,7 +1,7 @@
 """merge stage: pure kernels, a method table, streaming and in-memory engines.
 
 ``kernels.py`` is the math as readable torch (the reference, and the GPU path); on a CPU the
-task-vector methods run through ``fused.py``/``fast_gta.py``, numba kernels that give the same numbers
+task-vector methods run through ``fused/``/``fast_gta.py``, numba kernels that give the same numbers
 in a few passes; the streamed merge of those methods and of linear never imports torch (``common.py``
 holds what the two sides share).
 

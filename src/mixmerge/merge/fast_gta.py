@@ -1,4 +1,4 @@
-"""One tensor through a task-vector ("gta") method on the CPU, with the fused kernels of ``fused.py``.
+"""One tensor through a task-vector ("gta") method on the CPU, with the fused kernels of ``fused/``.
 
 Two steps, so that a sweep can keep the first: ``plan_sparsity`` decides which entries each model keeps
 (thresholds, random keys, DELLA's survivors, rescale factors; it depends on densities, epsilons,

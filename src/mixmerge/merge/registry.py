@@ -1,7 +1,11 @@
 """The table of merge methods: one row per method, names and defaults as in mergekit.
 
 Adding a method that the generalized task-arithmetic kernel covers is one row here plus one YAML in
-``conf/merge/``; a method with its own math adds a kernel in ``kernels.py`` and a ``kind``.
+``conf/merge/`` (which extends ``_base.yaml``); a new sparsifier adds its kernel in ``kernels.py`` and a
+row in ``combine.SPARSIFIERS`` (4 files); a method with its own math adds a kernel in ``kernels.py``, a
+``kind`` and its branch in ``combine.merge_whole``, the one dispatch both engines use (4 files). A
+search space for sweeps is ``conf/hparams_search/space/<method>.yaml`` plus its name in
+``merge_optuna.yaml``'s list.
 """
 
 from __future__ import annotations
