@@ -97,9 +97,10 @@ def ensure_mixture(cfg, store, tracker, base: BaseModel, tasks: Mapping[str, Any
 def merge_config_for_key(merge_cfg: Mapping[str, Any]) -> dict:
     """The merge parameters that determine the merged weights (paths of a standalone merge excluded), and
     the version of the merge algorithm."""
+    from mixmerge.merge.params import IO_KEYS
     from mixmerge.merge.registry import ALGORITHM_VERSION
 
-    params = {k: v for k, v in merge_cfg.items() if k not in ("base", "models", "output", "from_mergekit")}
+    params = {k: v for k, v in merge_cfg.items() if k not in IO_KEYS}
     return {**params, "algorithm_version": ALGORITHM_VERSION}
 
 
@@ -136,10 +137,10 @@ def ensure_merged(cfg, store: ArtifactStore, base: BaseModel, specialists: Seque
 
 
 def _merged_in_memory(cfg, base: BaseModel, specialists: Sequence[Variant], key: str) -> Variant:
-    from mixmerge.merge import InMemoryMerger, validate_merge_config
+    from mixmerge.merge import InMemoryMerger, resolve_params
 
     merge_cfg = cfg["merge"]
-    validate_merge_config(merge_cfg, n_models=len(specialists))
+    params = resolve_params(merge_cfg, len(specialists))  # resolved once; every trial's merge takes it
     resident = (str(base.path), *(str(v.path) for v in specialists))
 
     def load():
@@ -147,7 +148,7 @@ def _merged_in_memory(cfg, base: BaseModel, specialists: Sequence[Variant], key:
             _RESIDENT_MERGERS.clear()  # keep one set of task vectors in memory
             _RESIDENT_MERGERS[resident] = InMemoryMerger(base.path, [v.path for v in specialists])
         model = load_model(base.path, dtype=cfg["model"]["dtype"])
-        report = _RESIDENT_MERGERS[resident].merge_into(model, merge_cfg)
+        report = _RESIDENT_MERGERS[resident].merge_into(model, params)
         log.info("merged %s in memory in %.2f s", merge_cfg["method"], report["time_s"])
         return model
 

@@ -1,4 +1,4 @@
-"""The fused numba kernels (fused.py, fast_gta.py) against the torch reference (kernels.py, combine.py):
+"""The fused numba kernels (fused/, fast_gta.py) against the torch reference (kernels.py, combine.py):
 bit for bit where no float64 sum is involved, exact selection against a sort, the counter RNG against
 its torch twin, thread-count determinism, non-finite inputs, and the in-memory merger's plan cache."""
 

@@ -46,6 +46,24 @@ def test_unsupported_configs(doc, match):
         mergekit_to_merge_cfg(doc)
 
 
+@pytest.mark.parametrize(("doc", "match"), [
+    ({"merge_method": "ties", "base_model": "B", "models": [{"model": "X"}, {"model": "Y"}],
+      "parameters": {"densty": 0.3}}, r"mk.yml: parameters.densty is not a known merge setting; did you mean 'density'"),
+    ({"merge_method": "ties", "base_model": "B",
+      "models": [{"model": "X", "parameters": {"weigth": 1}}, {"model": "Y"}]},
+     r"models\[0\].parameters.weigth .*did you mean 'weight'"),
+    ({"merge_method": "ties", "base_modle": "B", "models": [{"model": "X"}]}, r"base_modle .*did you mean 'base_model'"),
+    ({"merge_method": "ties", "base_model": "B", "models": [{"modle": "X"}]}, r"models\[0\].modle .*did you mean 'model'"),
+])
+def test_unknown_keys_are_refused_with_the_close_match(doc, match, tmp_path):
+    """A typo must not merge silently without it (``densty``: no trimming at all)."""
+    path = tmp_path / "mk.yml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match=match):
+        standalone.run({"method": "ties", "from_mergekit": str(path), "output": str(tmp_path / "out")})
+    assert not (tmp_path / "out").exists()
+
+
 def _state(folder):
     src = SafetensorsFolder(folder)
     out = {n: src.get(n).clone() for n in src.names()}

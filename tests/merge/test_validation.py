@@ -214,3 +214,16 @@ def test_validate_reads_mergekit_file(tmp_path):
                                      "  - model: Y\n    parameters: {weight: 1, density: 0.5}\n")
     with pytest.raises(ValueError, match=r"merge.density=1.7"):
         validate_merge_config({"method": "linear", "from_mergekit": str(tmp_path / "mk.yml")}, None)
+
+
+def test_unknown_keys_and_bad_shard_size_are_refused_before_any_work():
+    from omegaconf import OmegaConf
+
+    with pytest.raises(ValueError, match=r"merge.desnity is not a known merge setting; did you mean 'density'"):
+        validate_merge_config(OmegaConf.create({"method": "ties", "desnity": 0.3}), None)
+    with pytest.raises(ValueError, match=r"merge.lamda .*did you mean 'lambda'"):
+        validate_merge_config({"method": "ties", "lamda": 0.3}, 2)
+    for bad in (0, -1, "big"):
+        with pytest.raises(ValueError, match=r"merge.shard_size_mb=.* must be a positive number"):
+            validate_merge_config({"method": "ties", "shard_size_mb": bad}, 2)
+    validate_merge_config({"method": "ties", "shard_size_mb": 0.5, "overwrite": True, "output": "o"}, 2)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from mixmerge.merge.tensor_names import split_layer
+
 __all__ = ["MODULE_TYPES", "TensorLocation", "layer_sort_key", "locate"]
 
 # Module types in display order; "other" catches anything unrecognised (e.g. rotary buffers).
@@ -16,7 +18,6 @@ MODULE_TYPES = (
     "embed", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "norm", "head", "other",
 )
 
-_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 _PROJ = re.compile(r"(?:^|\.)(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)(?:\.|$)")
 # Fused or differently named projections in other families, mapped onto the Llama names.
 _ALIASES = {"c_attn": "q_proj", "query": "q_proj", "key": "k_proj", "value": "v_proj", "dense": "o_proj"}
@@ -40,8 +41,8 @@ def locate(name: str) -> TensorLocation:
     TensorLocation(layer='head', module='head', param='weight')
     """
     param = name.rsplit(".", 1)[-1] if "." in name else name
-    m = _LAYER.search(name)
-    if m is None:
+    found = split_layer(name)
+    if found is None:
         if "embed_tokens" in name or name.endswith(("wte.weight", "word_embeddings.weight")):
             return TensorLocation("embed", "embed", param)
         if name.startswith("lm_head") or ".lm_head." in name or name.endswith("output.weight"):
@@ -49,8 +50,7 @@ def locate(name: str) -> TensorLocation:
         if "norm" in name or name.endswith(("ln_f.weight", "ln_f.bias")):
             return TensorLocation("norm", "norm", param)
         return TensorLocation("other", "other", param)
-    layer = int(m.group(1))
-    rest = name[m.end():]
+    layer, rest = found
     proj = _PROJ.search("." + rest)
     if proj is not None:
         return TensorLocation(layer, proj.group(1), param)

@@ -1,7 +1,7 @@
 """Stream task vectors out of safetensors folders and summarise them per layer and module type.
 
-For every tensor of the base, each model's tensor is read in row chunks (``safe_open(...).get_slice``),
-so at most one chunk per model is in memory at a time: a 7B model's analysis needs a few hundred MB,
+For every tensor of the base, each model's tensor is read in row chunks (through ``merge.io``'s
+``SafetensorsFolder``, the one safetensors reader), so at most one chunk per model is in memory at a time: a 7B model's analysis needs a few hundred MB,
 not the model. Deltas are taken in float64. Results are tidy rows at four levels of aggregation:
 (layer, module), (layer, "all"), ("all", module) and ("all", "all").
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import math
 from collections import defaultdict
@@ -23,14 +22,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from mixmerge.analysis.deltas import NormAccumulator, PairAccumulator
 from mixmerge.analysis.layers import layer_sort_key, locate
+from mixmerge.merge.io import SafetensorsFolder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ALL", "AnalysisResult", "SafetensorsFolder", "analyze_models", "pair_name"]
+__all__ = ["ALL", "AnalysisResult", "analyze_models", "pair_name"]
 
 ALL = "all"  # the layer/module value of aggregated rows
 # Elements per streamed chunk: 4M float64 values = 32 MiB per model per chunk. Measured on SmolLM2-135M
@@ -81,50 +80,11 @@ class AnalysisResult:
         raise KeyError(f"no pair row for pair={name!r} layer={layer!r} module={module!r}")
 
 
-class SafetensorsFolder:
-    """The tensors of an HF folder (one file or sharded with an index), opened lazily."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        index = self.path / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            self.files = {name: self.path / fname for name, fname in weight_map.items()}
-        else:
-            shards = sorted(self.path.glob("*.safetensors"))
-            if not shards:
-                raise FileNotFoundError(f"{self.path} has no *.safetensors files (save with safe_serialization)")
-            self.files = {}
-            for shard in shards:
-                with safe_open(str(shard), framework="pt") as f:
-                    self.files.update({name: shard for name in f.keys()})  # noqa: SIM118 (not a dict)
-        self._stack = contextlib.ExitStack()
-        self._handles: dict[Path, object] = {}
-
-    def __enter__(self) -> SafetensorsFolder:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stack.close()
-        self._handles.clear()
-
-    def _handle(self, name: str):
-        fpath = self.files[name]
-        if fpath not in self._handles:
-            self._handles[fpath] = self._stack.enter_context(safe_open(str(fpath), framework="pt"))
-        return self._handles[fpath]
-
-    def names(self) -> list[str]:
-        return list(self.files)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handle(name).get_slice(name).get_shape())
-
-    def read(self, name: str, rows: slice | None = None) -> torch.Tensor:
-        """The tensor (or rows ``rows`` of its first dimension) as float64."""
-        sl = self._handle(name).get_slice(name)
-        t = sl[:] if rows is None else sl[rows]
-        return t.to(torch.float64)
+def _read(folder: SafetensorsFolder, name: str, rows: slice | None = None) -> torch.Tensor:
+    """The tensor (or rows ``rows`` of its first dimension) as float64, read through the folder's
+    zero-copy view: only the chunk's pages are touched (``folder.release`` drops them afterwards)."""
+    t = folder.view(name)
+    return (t if rows is None else t[rows]).to(torch.float64)
 
 
 def _row_chunks(shape: tuple[int, ...]) -> Iterator[slice | None]:
@@ -171,7 +131,7 @@ def _plan(base: SafetensorsFolder, folders: Mapping[str, SafetensorsFolder], not
         srcs = {}
         for m, f in folders.items():
             h, e = model_heads[m]
-            srcs[m] = _source(name, set(f.files), h, e, f"model {m!r} ({f.path})")
+            srcs[m] = _source(name, set(f.names()), h, e, f"model {m!r} ({f.path})")
             if f.shape(srcs[m]) != base.shape(base_src):
                 raise ValueError(
                     f"tensor {name!r}: model {m!r} has shape {f.shape(srcs[m])}, base has "
@@ -179,7 +139,7 @@ def _plan(base: SafetensorsFolder, folders: Mapping[str, SafetensorsFolder], not
                 )
         plan.append((name, base_src, srcs))
     for m, f in folders.items():
-        extra = sorted(set(f.files) - base_set - set(names))
+        extra = sorted(set(f.names()) - base_set - set(names))
         if extra:
             notes.append(f"model {m!r} has {len(extra)} tensors the base lacks, not analysed: {extra[:5]}")
             log.warning(notes[-1])
@@ -221,12 +181,12 @@ def analyze_models(
             loc = locate(name)
             keys = _keys(loc.layer, loc.module)
             for rows in _row_chunks(base_f.shape(base_src)):
-                b = base_f.read(base_src, rows)
+                b = _read(base_f, base_src, rows)
                 chunk_base = NormAccumulator()
                 chunk_base.update(b)
                 for k in keys:
                     base_norms[k].merge(chunk_base)
-                deltas = {m: folders[m].read(srcs[m], rows) - b for m in names}
+                deltas = {m: _read(folders[m], srcs[m], rows) - b for m in names}
                 del b
                 for m in names:
                     acc = NormAccumulator()
@@ -238,6 +198,9 @@ def analyze_models(
                     acc.update(deltas[p[0]], deltas[p[1]])
                     for k in keys:
                         sims[p][k].merge(acc)
+            base_f.release(base_src)
+            for m in names:
+                folders[m].release(srcs[m])
 
     def order(key: tuple) -> tuple:
         layer, module = key

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -10,21 +10,64 @@ from mixmerge.merge import kernels as K
 from mixmerge.merge.params import MergeParams
 
 
+def _magnitude(delta, params: MergeParams, i: int, key) -> torch.Tensor:
+    return K.sparsify_magnitude(delta, params.densities[i], params.rescale)
+
+
+def _breadcrumbs(delta, params: MergeParams, i: int, key) -> torch.Tensor:
+    return K.sparsify_breadcrumbs(delta, params.densities[i], params.gammas[i], params.rescale)
+
+
+def _random(delta, params: MergeParams, i: int, key) -> torch.Tensor:
+    return K.sparsify_random(delta, params.densities[i], key(), params.rescale)
+
+
+def _della(delta, params: MergeParams, i: int, key) -> torch.Tensor:
+    return K.sparsify_della(delta, params.densities[i], params.epsilons[i], key(), params.rescale)
+
+
+# A registry row's ``sparsify`` -> its torch kernel, called as (task vector, params, model index, key())
+# where key() is the (seed, tensor, model) key of random masks. A new sparsifier: its kernel in kernels.py,
+# a row here, a method row in registry.py and its YAML (on a CPU it runs here until fast_gta learns it).
+SPARSIFIERS: dict[str, Callable[..., torch.Tensor]] = {
+    "magnitude": _magnitude, "breadcrumbs": _breadcrumbs, "random": _random, "della": _della,
+}
+
+
 def sparsify_delta(delta: torch.Tensor, params: MergeParams, i: int, tensor_name: str) -> torch.Tensor:
     """Model ``i``'s task vector after the method's sparsifier (random ones seeded by tensor name)."""
     kind, density = params.method.sparsify, params.densities[i]
     if kind is None or density >= 1:
         return delta
-    if kind == "magnitude":
-        return K.sparsify_magnitude(delta, density, params.rescale)
-    if kind == "breadcrumbs":
-        return K.sparsify_breadcrumbs(delta, density, params.gammas[i], params.rescale)
-    key = K.tensor_key(params.seed, tensor_name, i)
-    if kind == "random":
-        return K.sparsify_random(delta, density, key, params.rescale)
-    if kind == "della":
-        return K.sparsify_della(delta, density, params.epsilons[i], key, params.rescale)
-    raise ValueError(f"unknown sparsifier {kind!r}")
+    if kind not in SPARSIFIERS:
+        raise ValueError(f"unknown sparsifier {kind!r} (merge.method={params.method.name}); known: "
+                         f"{', '.join(SPARSIFIERS)}")
+    return SPARSIFIERS[kind](delta, params, i, lambda: K.tensor_key(params.seed, tensor_name, i))
+
+
+def merge_whole(
+    tensor_name: str,
+    base: torch.Tensor | None,
+    models: Sequence[torch.Tensor],
+    params: MergeParams,
+    *,
+    fishers: Sequence[torch.Tensor] | None = None,
+    n_layers: int = 1,
+) -> torch.Tensor:
+    """The methods that combine whole weights rather than sparsified task vectors (linear, slerp,
+    model_stock, fisher): the one dispatch on ``method.kind`` that both engines call."""
+    kind = params.method.kind
+    if kind == "linear":
+        return K.linear_average(models, params.weights, params.normalize)
+    if kind == "slerp":
+        return K.slerp(params.t.at(tensor_name, n_layers), models[0], models[1])
+    if kind == "model_stock":
+        return K.model_stock(base, models, params.filter_wise)
+    if kind == "fisher":
+        if fishers is None:
+            params.require_fisher_paths(len(models))  # raises: names the field and the fix
+        return K.fisher_weighted_average(models, fishers, params.weights, params.fisher_floor)
+    raise ValueError(f"merge kind {kind!r} of method {params.method.name!r} has no whole-weight kernel")
 
 
 def merge_tensor(
@@ -38,26 +81,12 @@ def merge_tensor(
     with_stats: bool = True,
 ) -> tuple[torch.Tensor, K.KernelStats | None]:
     """Merge one tensor; returns the float32 result and (for task-vector methods) its diagnostics."""
-    method = params.method
-    if method.kind == "linear":
-        return K.linear_average(models, params.weights, params.normalize) * 1.0, None
-    if method.kind == "slerp":
-        t = params.t.at(tensor_name, n_layers)
-        return K.slerp(t, models[0], models[1]), None
-    if method.kind == "model_stock":
-        return K.model_stock(base, models, params.filter_wise), None
-    if method.kind == "fisher":
-        if fishers is None:
-            raise ValueError("merge.method=fisher needs merge.fisher_paths (one Fisher folder per model)")
-        return K.fisher_weighted_average(models, fishers, params.weights, params.fisher_floor), None
+    if params.method.kind != "gta":
+        return merge_whole(tensor_name, base, models, params, fishers=fishers, n_layers=n_layers), None
     base32 = base.float()
-    deltas = torch.stack([
-        sparsify_delta(K.task_vector(m, base32), params, i, tensor_name) for i, m in enumerate(models)
-    ])
-    stats = K.delta_stats(deltas) if with_stats else None
-    merged = K.merge_task_vectors(deltas, params.weights, consensus=method.consensus,
-                                  normalize=params.normalize, lam=params.lam, base=base32)
-    return merged, stats
+    stacked = sparsify_stack(tensor_name, [K.task_vector(m, base32) for m in models], params)
+    stats = K.delta_stats(stacked) if with_stats else None
+    return combine_sparse(base32, stacked, params), stats
 
 
 def sparsify_stack(tensor_name: str, deltas: Sequence[torch.Tensor], params: MergeParams) -> torch.Tensor:

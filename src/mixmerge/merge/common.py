@@ -1,4 +1,4 @@
-"""What the torch reference (``kernels.py``) and the fused CPU kernels (``fused.py``) share, free of torch:
+"""What the torch reference (``kernels.py``) and the fused CPU kernels (``fused/``) share, free of torch:
 the standalone merge on a CPU never imports torch (about 1 s of a 3 s command)."""
 
 from __future__ import annotations

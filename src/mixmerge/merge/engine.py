@@ -31,6 +31,7 @@ from mixmerge.merge.common import weight_divisor
 from mixmerge.merge.io import (
     FLOAT_DTYPES,
     OUTPUT_DTYPES,
+    REPORT,
     SafetensorsFolder,
     StreamingShardWriter,
     copy_side_files,
@@ -41,12 +42,10 @@ from mixmerge.merge.io import (
     torch_dtype,
     torch_name,
 )
-from mixmerge.merge.params import resolve_params
+from mixmerge.merge.output import check_output, remove_stale_temporaries
+from mixmerge.merge.params import MergeParams, resolve_params
 
 log = logging.getLogger(__name__)
-
-REPORT = "merge_report.json"
-DEFAULT_SHARD_SIZE_MB = 2000
 
 
 def peak_rss_bytes() -> int:
@@ -62,11 +61,14 @@ def _output_dtype(requested: str | None, base_cfg: Mapping[str, Any] | None) -> 
     return OUTPUT_DTYPES.get(name, "F32")
 
 
-def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Sequence[Path], out: Path) -> dict:
+def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None, models: Sequence[Path], out: Path,
+                  *, overwrite: bool = False) -> dict:
     """Merge the specialists ``models`` (HF folders or peft LoRA adapters) of ``base`` into ``out``.
 
-    Writes sharded safetensors in ``merge.dtype`` (default: the base's), the base's config and
-    tokenizer, and ``merge_report.json``; returns the report.
+    ``merge_cfg`` is the merge config group or the ``MergeParams`` resolved from it. Writes sharded
+    safetensors in ``merge.dtype`` (default: the base's), the base's config and tokenizer, and
+    ``merge_report.json``; returns the report. ``out`` is checked first (``output.check_output``:
+    never an input, a file, or a non-empty folder no merge wrote unless ``overwrite``).
     """
     t0 = time.perf_counter()
     models = [Path(m) for m in models]
@@ -76,10 +78,14 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
         raise ValueError(f"merge.method={method.name} needs merge.base (the model the specialists share)")
     named = [*([("merge.base", base)] if base is not None else []),
              *((f"merge.models[{i}]", m) for i, m in enumerate(models))]
+    fisher_paths = params.require_fisher_paths(len(models)) if method.kind == "fisher" else ()
+    named_fishers = [(f"merge.fisher_paths[{i}]", Path(p)) for i, p in enumerate(fisher_paths)]
+    check_output(Path(out), [*named, *named_fishers], overwrite=overwrite)
     for field_name, p in named:
         if not Path(p).is_dir():
             raise FileNotFoundError(f"{field_name}={str(p)!r} is not a folder; give an HF model folder or a peft "
                                     "adapter folder")
+    remove_stale_temporaries(Path(out))
     full_models = [m for m in models if not is_adapter_folder(m)]
     ref_path = Path(base) if base is not None else full_models[0]
     V.check_architectures(ref_path, models, params.vocab_policy)
@@ -88,11 +94,10 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
     base_src = SafetensorsFolder(ref_path)
     sources = [open_source(m, base_src) for m in models]
     labels = [f"model {i} ({m})" for i, m in enumerate(models)]
-    fishers = _open_fishers(merge_cfg, params.method.kind, len(models), base_src)
+    fishers = _open_fishers(fisher_paths, base_src)
     shapes = V.check_tensors(base_src, sources, labels, params.vocab_policy)
-    max_dist = merge_cfg.get("max_base_distance", 0.5)
-    if base is not None and max_dist is not None:
-        V.check_same_base(base_src, sources, labels, float(max_dist))
+    if base is not None and params.max_base_distance is not None:
+        V.check_same_base(base_src, sources, labels, params.max_base_distance)
 
     ref_cfg = V.read_config(ref_path) or {}
     out_dtype = _output_dtype(params.dtype, ref_cfg)
@@ -102,18 +107,17 @@ def merge_folders(merge_cfg: Mapping[str, Any], base: Path | None, models: Seque
     for name in names:
         is_float = base_src.dtype_str(name) in FLOAT_DTYPES
         entries.append((name, shapes[name], out_dtype if is_float else base_src.dtype_str(name)))
-    shard_mb = merge_cfg.get("shard_size_mb") or DEFAULT_SHARD_SIZE_MB
     out = Path(out)
     tmp = temp_sibling(out)
     per_tensor: dict[str, dict[str, float]] = {}
-    check_finite = merge_cfg.get("check_finite", True) is not False
+    check_finite = params.check_finite
     # Without sparsification a NaN/Inf in any input reaches the output (0 * NaN is NaN), so checking the
     # output is enough; a sparsifier could drop it silently, so there every input is checked.
     inputs_can_vanish = method.sparsify is not None
     fusable = method.kind == "linear" or fast_gta.applies(params, "cpu")
     fused = FusedBuffers(len(models), shapes, names, base_src) if fusable else None
     try:
-        writer = StreamingShardWriter(tmp, entries, int(float(shard_mb) * 1e6))
+        writer = StreamingShardWriter(tmp, entries, int(params.shard_size_mb * 1e6))
         for name, shape, dtype in entries:
             if fused is not None and base_src.dtype_str(name) in FLOAT_DTYPES:
                 merged, stats = _merge_fused(name, shape, params, base_src, sources, labels, fused, check_finite)
@@ -294,13 +298,7 @@ def _mean(values) -> float | None:
     return round(sum(vals) / len(vals), 6) if vals else None
 
 
-def _open_fishers(merge_cfg, kind: str, n_models: int, base_src) -> list[SafetensorsFolder]:
-    if kind != "fisher":
-        return []
-    paths = merge_cfg.get("fisher_paths")
-    if not paths or len(paths) != n_models:
-        raise ValueError(f"merge.method=fisher needs merge.fisher_paths with one Fisher folder per model "
-                         f"({n_models}); got {paths!r} (compute them with mixmerge.merge.fisher)")
+def _open_fishers(paths: Sequence[str], base_src) -> list[SafetensorsFolder]:
     folders = [SafetensorsFolder(p) for p in paths]
     for p, f in zip(paths, folders, strict=True):
         missing = [n for n in base_src.names() if n not in f and base_src.dtype_str(n) in FLOAT_DTYPES]

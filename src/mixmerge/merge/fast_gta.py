@@ -1,4 +1,4 @@
-"""One tensor through a task-vector ("gta") method on the CPU, with the fused kernels of ``fused.py``.
+"""One tensor through a task-vector ("gta") method on the CPU, with the fused kernels of ``fused/``.
 
 Two steps, so that a sweep can keep the first: ``plan_sparsity`` decides which entries each model keeps
 (thresholds, random keys, DELLA's survivors, rescale factors; it depends on densities, epsilons,
@@ -37,10 +37,15 @@ class SparsityPlan:
     inputs_finite: bool = True
 
 
+# The sparsifiers the fused kernels implement (None: no sparsification); others run the torch reference.
+FUSED_SPARSIFIERS = (None, "magnitude", "random", "breadcrumbs", "della")
+
+
 def applies(params: MergeParams, device) -> bool:
     """The fused path serves the task-vector methods on a CPU (on a GPU the torch reference runs);
     ``device`` is a name ("cpu", "cuda:0") or a torch device."""
-    return params.method.kind == "gta" and str(device).split(":")[0] == "cpu"
+    return (params.method.kind == "gta" and params.method.sparsify in FUSED_SPARSIFIERS
+            and str(device).split(":")[0] == "cpu")
 
 
 def _arrays(xs) -> tuple[np.ndarray, ...]:

@@ -13,10 +13,10 @@ import torch
 from mixmerge.merge import fast_gta
 from mixmerge.merge import kernels as K
 from mixmerge.merge import validate as V
-from mixmerge.merge.combine import combine_sparse, sparsify_stack, sparsity_key
+from mixmerge.merge.combine import combine_sparse, merge_whole, sparsify_stack, sparsity_key
 from mixmerge.merge.common import weight_divisor
 from mixmerge.merge.io import SafetensorsFolder, open_source
-from mixmerge.merge.params import resolve_params
+from mixmerge.merge.params import MergeParams, resolve_params
 
 
 class InMemoryMerger:
@@ -78,18 +78,13 @@ class InMemoryMerger:
             self._fisher_cache[key] = loaded
         return self._fisher_cache[key]
 
-    def merged_tensors(self, merge_cfg: Mapping[str, Any], *, with_stats: bool = False,
+    def merged_tensors(self, params: MergeParams | Mapping[str, Any], *, with_stats: bool = False,
                        targets: Mapping[str, torch.Tensor] | None = None):
         """Yield ``(name, merged float32 tensor, stats)`` for every floating tensor. A merge computed
         straight into its float32 CPU target in ``targets`` yields None in place of the tensor."""
-        params = resolve_params(merge_cfg, len(self.model_paths))
+        params = resolve_params(params, len(self.model_paths))
         kind = params.method.kind
-        fishers = None
-        if kind == "fisher":
-            paths = merge_cfg.get("fisher_paths")
-            if not paths or len(paths) != len(self.model_paths):
-                raise ValueError("merge.method=fisher needs merge.fisher_paths, one Fisher folder per model")
-            fishers = self._fishers(paths)
+        fishers = self._fishers(params.require_fisher_paths(len(self.model_paths))) if kind == "fisher" else None
         cache = None
         fused = fast_gta.applies(params, self.device)
         if kind == "gta" and self.cache_sparse:
@@ -112,17 +107,10 @@ class InMemoryMerger:
                 stats = K.delta_stats(stacked) if with_stats else None
                 merged = combine_sparse(base, stacked, params)
             else:
-                full = [base + d for d in deltas]
                 stats = None
-                if kind == "linear":
-                    merged = K.linear_average(full, params.weights, params.normalize)
-                elif kind == "slerp":
-                    merged = K.slerp(params.t.at(name, self.n_layers), full[0], full[1])
-                elif kind == "model_stock":
-                    merged = K.model_stock(base, full, params.filter_wise)
-                else:
-                    merged = K.fisher_weighted_average(full, [f[name] for f in fishers], params.weights,
-                                                       params.fisher_floor)
+                merged = merge_whole(name, base, [base + d for d in deltas], params,
+                                     fishers=None if fishers is None else [f[name] for f in fishers],
+                                     n_layers=self.n_layers)
             yield name, merged, stats
 
     def _merge_fused(self, name, base, deltas, params, cache, target):
@@ -148,16 +136,17 @@ class InMemoryMerger:
         return (None if direct else torch.from_numpy(merged).view(base.shape)), stats
 
     @torch.no_grad()
-    def merge_into(self, model: torch.nn.Module, merge_cfg: Mapping[str, Any]) -> dict:
-        """Overwrite ``model``'s weights with the merge of the resident specialists; return a report."""
+    def merge_into(self, model: torch.nn.Module, params: MergeParams | Mapping[str, Any]) -> dict:
+        """Overwrite ``model``'s weights with the merge of the resident specialists; return a report.
+        ``params``: resolved once by the caller (``resolve_params``), or the merge config group."""
         t0 = time.perf_counter()
         targets = dict(model.state_dict(keep_vars=True))
         per_tensor = {}
-        with_stats = bool(merge_cfg.get("report_stats", False))
-        params = resolve_params(merge_cfg, len(self.model_paths))
+        params = resolve_params(params, len(self.model_paths))
+        with_stats = params.report_stats
         coefs = _affine_coefficients(params)
         merged_iter = (self._affine_tensors(coefs, targets) if coefs is not None
-                       else self.merged_tensors(merge_cfg, with_stats=with_stats, targets=targets))
+                       else self.merged_tensors(params, with_stats=with_stats, targets=targets))
         for name, merged, stats in merged_iter:
             if stats is not None and with_stats:
                 per_tensor[name] = {"kept_fraction": stats.kept_fraction,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import shutil
 import struct
 import uuid
@@ -26,6 +27,7 @@ WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+REPORT = "merge_report.json"  # written last into every merged folder: marks an earlier merge's output
 
 # safetensors dtype -> (torch dtype name, numpy dtype holding its bytes: bfloat16 as raw uint16)
 _DTYPES = {"F32": ("float32", np.float32), "F16": ("float16", np.float16), "BF16": ("bfloat16", np.uint16),
@@ -177,7 +179,8 @@ class _SafetensorsFile:
 
 
 class SafetensorsFolder:
-    """The tensors of an HF folder (single file or sharded index), read lazily one tensor at a time."""
+    """The tensors of an HF folder (single file or sharded index), read lazily one tensor at a time: the
+    one safetensors reader of mixmerge (the merge engines and the weight analysis). A context manager."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -239,6 +242,12 @@ class SafetensorsFolder:
         for f in self._files:
             f.close()
         self._files = []
+
+    def __enter__(self) -> SafetensorsFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class LoraAdapterSource:
@@ -449,7 +458,7 @@ class StreamingShardWriter:
 
 # Files copied from the base (or the first full model) next to the merged weights.
 _SIDE_FILE_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".py", ".tiktoken")
-_NOT_COPIED = {WEIGHTS_INDEX, ADAPTER_CONFIG, "merge_report.json", "manifest.json"}
+_NOT_COPIED = {WEIGHTS_INDEX, ADAPTER_CONFIG, REPORT, "manifest.json"}
 
 
 def copy_side_files(src: Path, out_dir: Path) -> list[str]:
@@ -462,10 +471,32 @@ def copy_side_files(src: Path, out_dir: Path) -> list[str]:
     return copied
 
 
+def _hidden_sibling(out: Path, role: str) -> Path:
+    """``.<name>.<role>-<pid>-<random>`` next to ``out``: the pid tells a killed writer's leftovers from a
+    running one's (``stale_siblings``)."""
+    return out.parent / f".{out.name}.{role}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def stale_siblings(out: Path) -> list[tuple[Path, int | None]]:
+    """The hidden temporary and replaced folders of writes into ``out``, each with its writer's pid (None
+    for names without one)."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(?:tmp|old)-(?:(\d+)-)?[0-9a-f]{{8}}$")
+    found = []
+    for p in out.parent.iterdir():
+        m = pattern.match(p.name)
+        if m and p.is_dir() and not p.is_symlink():
+            found.append((p, int(m.group(1)) if m.group(1) else None))
+    return found
+
+
 def temp_sibling(out: Path) -> Path:
+    """A new hidden folder next to ``out`` to build it in (``publish_atomic`` moves it into place)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = _hidden_sibling(out, "tmp")
     tmp.mkdir()
     return tmp
 
@@ -474,9 +505,11 @@ def publish_atomic(tmp: Path, out: Path) -> None:
     """Move a finished folder into place; an older folder at ``out`` is replaced as a whole."""
     out = Path(out)
     old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    if out.exists() or out.is_symlink():
+        old = _hidden_sibling(out, "old")
         os.replace(out, old)
     os.replace(tmp, out)
-    if old is not None:
+    if old is not None and old.is_symlink():
+        old.unlink()
+    elif old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -9,7 +9,7 @@ O(n) instead of O(n log n). Ties at the threshold are broken by index (lowest fi
 ``int(density * n)`` entries are kept, as with a stable sort.
 
 These functions are the reference: on a GPU the merge runs them as they are; on a CPU the task-vector
-methods run through the fused kernels of ``fused.py``, tested equal to these (tests/merge/test_fused.py).
+methods run through the fused kernels of ``fused/``, tested equal to these (tests/merge/test_fused.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Supported: ``merge_method``, ``base_model``, ``models: [{model, parameters}]`` with scalar per-model
 ``weight``/``density``/``epsilon``/``gamma``, global ``parameters`` (``lambda``, ``normalize``,
 ``rescale``, ``t`` incl. gradients and filters, ``filter_wise``), ``dtype``. Not supported (refused
-with a clear error): ``slices``, per-tensor filtered per-model parameters, ``tokenizer_source``.
+with a clear error): ``slices``, per-tensor filtered per-model parameters, ``tokenizer_source``. Any
+other key is refused too, with the closest known one (a typo such as ``densty`` must not merge untrimmed).
 """
 
 from __future__ import annotations
@@ -14,16 +15,29 @@ from typing import Any
 
 import yaml
 
+from mixmerge.merge.params import check_known_keys
+from mixmerge.merge.registry import METHODS
+
 PER_MODEL = ("weight", "density", "epsilon", "gamma")
 GLOBAL = ("lambda", "normalize", "rescale", "t", "filter_wise", "int8_mask")
+UNSUPPORTED = ("slices", "tokenizer_source", "tokenizer", "chat_template")
+TOP_LEVEL = ("merge_method", "base_model", "models", "parameters", "dtype", *UNSUPPORTED)
+MODEL_ENTRY = ("model", "parameters")
+# The merge keys an imported file decides: the method YAML's defaults for them are dropped.
+IMPORTED_KEYS = ("weight", "weights", "density", "epsilon", "gamma", "lambda", "normalize", "rescale", "t")
 
 
 def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML") -> dict[str, Any]:
     """Translate a parsed mergekit config into ``merge.*`` keys (method, base, models, weights, ...)."""
-    for key in ("slices", "tokenizer_source", "tokenizer", "chat_template"):
+    check_known_keys(doc, TOP_LEVEL, f"{source}: ")
+    for key in UNSUPPORTED:
         if doc.get(key) is not None:
             raise ValueError(f"{source}: mergekit key {key!r} is not supported by merge.from_mergekit; "
                              f"use mergekit itself for that config")
+    check_known_keys(doc.get("parameters") or {}, (*PER_MODEL, *GLOBAL), f"{source}: parameters.")
+    for i, entry in enumerate(doc.get("models") or []):
+        check_known_keys(entry, MODEL_ENTRY, f"{source}: models[{i}].")
+        check_known_keys(entry.get("parameters") or {}, PER_MODEL, f"{source}: models[{i}].parameters.")
     method = doc.get("merge_method")
     if not method:
         raise ValueError(f"{source}: no merge_method")
@@ -61,8 +75,8 @@ def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML")
             cfg[key] = value
     if doc.get("dtype") is not None:
         cfg["dtype"] = doc["dtype"]
-    if method in ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "della", "della_linear",
-                  "breadcrumbs", "breadcrumbs_ties") and "weights" not in cfg:
+    row = METHODS.get(method)  # mergekit names only (not our aliases); an unknown method is refused later
+    if row is not None and row.task_vector_family and "weights" not in cfg:
         cfg["weights"] = [1.0] * len(entries)  # mergekit's default when no weight is given
     return cfg
 

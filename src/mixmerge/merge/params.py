@@ -2,22 +2,42 @@
 
 Per-model parameters (``weight``/``weights``, ``density``, ``epsilon``, ``gamma``) take a number for
 all models or a list with one value per model; global ones (``lambda``, ``normalize``, ``rescale``)
-take one value. ``normalize``/``rescale`` left null use the method's default (mergekit's).
+take one value. ``normalize``/``rescale`` left null use the method's default (mergekit's, in its
+registry row). The edge resolves a config once (``resolve_params``) and passes the ``MergeParams`` down.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mixmerge.merge.common import RESCALE_MODES
 from mixmerge.merge.registry import MergeMethod, get_method
+from mixmerge.merge.tensor_names import layer_index
 
 DTYPES = ("float32", "bfloat16", "float16")
 VOCAB_POLICIES = ("strict", "truncate")
+DEFAULT_SHARD_SIZE_MB = 2000
+# Where a standalone merge reads and writes (strategy=merge): not merge parameters, so never part of a
+# cached merge's key.
+IO_KEYS = ("base", "models", "output", "from_mergekit", "overwrite")
+# Every other key the merge group may hold (conf/merge/_base.yaml and the method YAMLs); ``check_finite``
+# and ``report_stats`` are switches for tests and sweeps, ``fisher_batches`` is read by the pipeline.
+PARAM_KEYS = ("method", "weight", "weights", "density", "epsilon", "gamma", "lambda", "normalize", "rescale",
+              "rescale_mode", "t", "seed", "dtype", "vocab_policy", "filter_wise", "fisher_paths", "fisher_floor",
+              "fisher_batches", "max_base_distance", "shard_size_mb", "check_finite", "report_stats")
+
+
+def check_known_keys(keys, known: Sequence[str], where: str) -> None:
+    """Refuse a key that is not in ``known`` (a typo is silently ignored otherwise), suggesting the closest."""
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+            raise ValueError(f"{where}{key} is not a known merge setting; {hint}")
 
 
 def _is_number(x: Any) -> bool:
@@ -78,18 +98,15 @@ class TSchedule:
         return 0.5
 
 
-_LAYER = re.compile(r"\.layers\.(\d+)\.")
-
-
 def _gradient_value(values: tuple[float, ...], tensor_name: str, n_layers: int) -> float:
     """mergekit-style gradient: values spread evenly over the layers, linearly interpolated; tensors
     outside the layer stack take the first value (embeddings) or the last (final norm, lm_head)."""
     if len(values) == 1:
         return values[0]
-    m = _LAYER.search(tensor_name)
-    if m is None:
+    layer = layer_index(tensor_name)
+    if layer is None:
         return values[0] if "embed" in tensor_name else values[-1]
-    pos = int(m.group(1)) / max(n_layers - 1, 1) * (len(values) - 1)
+    pos = layer / max(n_layers - 1, 1) * (len(values) - 1)
     lo = min(int(math.floor(pos)), len(values) - 2)
     frac = pos - lo
     return values[lo] * (1 - frac) + values[lo + 1] * frac
@@ -128,7 +145,20 @@ class MergeParams:
     filter_wise: bool = False
     fisher_floor: float = 1e-6
     vocab_policy: str = "strict"
+    fisher_paths: tuple[str, ...] | None = None  # one Fisher folder per model (method fisher)
+    max_base_distance: float | None = 0.5  # relative L2 above which a base is refused; None: not checked
+    shard_size_mb: float = DEFAULT_SHARD_SIZE_MB
+    check_finite: bool = True
+    report_stats: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def require_fisher_paths(self, n_models: int) -> tuple[str, ...]:
+        """The Fisher folders, one per model, or the error that says how to get them."""
+        paths = self.fisher_paths
+        if not paths or len(paths) != n_models:
+            raise ValueError(f"merge.method=fisher needs merge.fisher_paths with one Fisher folder per model "
+                             f"({n_models}); got {paths!r} (compute them with mixmerge.merge.fisher)")
+        return paths
 
     def as_report(self) -> dict[str, Any]:
         return {"method": self.method.name, "weights": self.weights, "density": self.densities,
@@ -137,8 +167,15 @@ class MergeParams:
                 "seed": self.seed, "dtype": self.dtype, "vocab_policy": self.vocab_policy}
 
 
-def resolve_params(merge_cfg: Mapping[str, Any], n_models: int) -> MergeParams:
-    """Validate ``merge_cfg`` for ``n_models`` specialists and resolve every default."""
+def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) -> MergeParams:
+    """Validate ``merge_cfg`` for ``n_models`` specialists and resolve every default (a ``MergeParams``
+    already resolved is checked against ``n_models`` and returned as is)."""
+    if isinstance(merge_cfg, MergeParams):
+        if len(merge_cfg.weights) != n_models:
+            raise ValueError(f"the merge parameters were resolved for {len(merge_cfg.weights)} models, "
+                             f"not {n_models}")
+        return merge_cfg
+    check_known_keys(merge_cfg, (*PARAM_KEYS, *IO_KEYS), "merge.")
     if "method" not in merge_cfg or merge_cfg["method"] is None:
         raise ValueError("merge.method is missing; pick one of the files in conf/merge/ (e.g. merge=ties)")
     method = get_method(str(merge_cfg["method"]))
@@ -149,8 +186,8 @@ def resolve_params(merge_cfg: Mapping[str, Any], n_models: int) -> MergeParams:
         raise ValueError(f"merge.method={method.name} merges exactly {method.max_models} models, got {n_models}")
     weights = resolve_weights(merge_cfg, n_models)
     densities = _per_model(merge_cfg, "density", n_models, 1.0)
-    epsilons = _per_model(merge_cfg, "epsilon", n_models, 0.15 if method.sparsify == "della" else 0.0)
-    gammas = _per_model(merge_cfg, "gamma", n_models, 0.01 if method.sparsify == "breadcrumbs" else 0.0)
+    epsilons = _per_model(merge_cfg, "epsilon", n_models, method.default_epsilon)
+    gammas = _per_model(merge_cfg, "gamma", n_models, method.default_gamma)
     for i, d in enumerate(densities):
         if not 0 < d <= 1:
             raise ValueError(f"merge.density={d} (model {i}) is outside (0, 1]; density is the fraction of "
@@ -197,31 +234,22 @@ def resolve_params(merge_cfg: Mapping[str, Any], n_models: int) -> MergeParams:
     floor = 1e-6 if floor is None else floor
     if not _is_number(floor) or floor < 0:
         raise ValueError(f"merge.fisher_floor={floor!r} must be a non-negative number")
+    shard_mb = merge_cfg.get("shard_size_mb")
+    shard_mb = DEFAULT_SHARD_SIZE_MB if shard_mb is None else shard_mb
+    if not _is_number(shard_mb) or shard_mb <= 0:
+        raise ValueError(f"merge.shard_size_mb={shard_mb!r} must be a positive number of megabytes per output "
+                         f"file (e.g. merge.shard_size_mb={DEFAULT_SHARD_SIZE_MB})")
+    max_dist = merge_cfg.get("max_base_distance", 0.5)
+    if max_dist is not None and (not _is_number(max_dist) or max_dist < 0):
+        raise ValueError(f"merge.max_base_distance={max_dist!r} must be a non-negative number (or null to skip "
+                         f"the check)")
     return MergeParams(
         method=method, weights=weights, densities=densities, epsilons=epsilons, gammas=gammas,
         lam=float(lam), normalize=normalize, rescale=mode if rescale else None, t=parse_t(merge_cfg.get("t")),
         seed=seed, dtype=dtype, filter_wise=bool(merge_cfg.get("filter_wise", False)),
         fisher_floor=float(floor), vocab_policy=vocab_policy,
+        fisher_paths=None if fisher_paths is None else tuple(str(p) for p in fisher_paths),
+        max_base_distance=None if max_dist is None else float(max_dist), shard_size_mb=float(shard_mb),
+        check_finite=merge_cfg.get("check_finite", True) is not False,
+        report_stats=bool(merge_cfg.get("report_stats", False)),
     )
-
-
-def validate_merge_config(merge_cfg: Mapping[str, Any], n_models: int | None = None) -> None:
-    """Check a merge config before any work (method known, ranges, weights count); raise ValueError.
-
-    ``n_models=None`` (a standalone merge whose models are not known yet): a ``merge.from_mergekit``
-    file is read and checked with its own models; otherwise the count comes from ``merge.models`` or
-    ``merge.weights``, else the method's minimum (so ranges are still checked).
-    """
-    if n_models is None:
-        if merge_cfg.get("from_mergekit"):
-            from mixmerge.merge.standalone import resolve_standalone_cfg
-
-            merge_cfg = resolve_standalone_cfg(merge_cfg)
-        if merge_cfg.get("models"):
-            n_models = len(merge_cfg["models"])
-        elif merge_cfg.get("weights") is not None:
-            n_models = len(merge_cfg["weights"])
-        else:
-            method = get_method(str(merge_cfg.get("method")))
-            n_models = max(method.min_models, 2 if method.max_models is None or method.max_models >= 2 else 1)
-    resolve_params(merge_cfg, n_models)

@@ -1,7 +1,11 @@
 """The table of merge methods: one row per method, names and defaults as in mergekit.
 
 Adding a method that the generalized task-arithmetic kernel covers is one row here plus one YAML in
-``conf/merge/``; a method with its own math adds a kernel in ``kernels.py`` and a ``kind``.
+``conf/merge/`` (which extends ``_base.yaml``); a new sparsifier adds its kernel in ``kernels.py`` and a
+row in ``combine.SPARSIFIERS`` (4 files); a method with its own math adds a kernel in ``kernels.py``, a
+``kind`` and its branch in ``combine.merge_whole``, the one dispatch both engines use (4 files). A
+search space for sweeps is ``conf/hparams_search/space/<method>.yaml`` plus its name in
+``merge_optuna.yaml``'s list.
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ class MergeMethod:
     min_models: int = 1
     max_models: int | None = None
     reference_url: str = ""
+    default_epsilon: float = 0.0  # DELLA's spread of keep probabilities (mergekit: 0.15)
+    default_gamma: float = 0.0  # Breadcrumbs' dropped outlier fraction (mergekit: 0.01)
+
+    @property
+    def task_vector_family(self) -> bool:
+        """Linear and the task-vector methods: mergekit gives every model weight 1.0 when none is set."""
+        return self.kind in ("linear", "gta")
 
     @property
     def randomized(self) -> bool:
@@ -37,11 +48,13 @@ _ROWS = (
                 reference_url="https://arxiv.org/abs/2311.03099"),
     MergeMethod("dare_linear", "gta", "random", None, default_rescale=True,
                 reference_url="https://arxiv.org/abs/2311.03099"),
-    MergeMethod("breadcrumbs", "gta", "breadcrumbs", None, reference_url="https://arxiv.org/abs/2312.06795"),
-    MergeMethod("breadcrumbs_ties", "gta", "breadcrumbs", "sum", reference_url="https://arxiv.org/abs/2312.06795"),
-    MergeMethod("della", "gta", "della", "sum", default_normalize=True, default_rescale=True,
+    MergeMethod("breadcrumbs", "gta", "breadcrumbs", None, default_gamma=0.01,
+                reference_url="https://arxiv.org/abs/2312.06795"),
+    MergeMethod("breadcrumbs_ties", "gta", "breadcrumbs", "sum", default_gamma=0.01,
+                reference_url="https://arxiv.org/abs/2312.06795"),
+    MergeMethod("della", "gta", "della", "sum", default_normalize=True, default_rescale=True, default_epsilon=0.15,
                 reference_url="https://arxiv.org/abs/2406.11617"),
-    MergeMethod("della_linear", "gta", "della", None, default_rescale=True,
+    MergeMethod("della_linear", "gta", "della", None, default_rescale=True, default_epsilon=0.15,
                 reference_url="https://arxiv.org/abs/2406.11617"),
     MergeMethod("slerp", "slerp", needs_base=False, min_models=2, max_models=2,
                 reference_url="https://en.wikipedia.org/wiki/Slerp"),

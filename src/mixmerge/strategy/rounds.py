@@ -42,7 +42,9 @@ def round_merge_config(global_merge: Mapping[str, Any], round_merge: Mapping[str
     else:
         start = {k: global_merge[k] for k in GENERIC_MERGE_KEYS if k in global_merge}
     merged = {**start, **{k: v for k, v in round_merge.items() if v is not None or k == "weights"}, "method": method}
-    for k in ("base", "models", "output", "from_mergekit"):
+    from mixmerge.merge.params import IO_KEYS
+
+    for k in IO_KEYS:
         merged.pop(k, None)
     return merged
 
