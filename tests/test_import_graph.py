@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 ROOTS = ("mixmerge", "hydra_plugins")
 
@@ -18,17 +16,15 @@ ROOTS = ("mixmerge", "hydra_plugins")
 # the bottom; the pure math packages with their I/O; the data; what runs models on it; the stage library;
 # the strategies; the edge (Hydra, the job, the sweeper plugin) at the top.
 LAYERS: list[set[str]] = [
-    {"mixmerge", "mixmerge.cache", "mixmerge.tracking", "mixmerge.report"},
+    {"mixmerge", "mixmerge.files", "mixmerge.dtypes", "mixmerge.tasks", "mixmerge.cache", "mixmerge.tracking",
+     "mixmerge.report"},
     {"mixmerge.merge", "mixmerge.models", "mixmerge.sweep"},
     {"mixmerge.data"},
     {"mixmerge.eval", "mixmerge.analysis", "mixmerge.train"},
-    {"mixmerge.pipeline", "mixmerge.stages"},
+    {"mixmerge.stages"},
     {"mixmerge.strategy"},
     {"mixmerge.config", "mixmerge.job", "hydra_plugins"},
 ]
-# Upward arrows that exist today and are being removed elsewhere (issue 13: the repair metric in data/
-# imports eval.generate). The strict xfail below turns red once they are gone: then empty this set.
-KNOWN_UPWARD = {("mixmerge.data", "mixmerge.eval")}
 
 
 def _modules() -> dict[str, Path]:
@@ -133,16 +129,10 @@ def test_no_import_cycles():
     assert cycles(import_graph()) == []
 
 
-def test_no_upward_arrows_but_the_known_ones():
-    arrows = upward_arrows(import_graph())
-    new = sorted(a for a in arrows if a[:2] not in KNOWN_UPWARD)
-    assert not new, "imports pointing up a layer (move the code down, or pass it in):\n" + "\n".join(
-        f"  {a} -> {b} ({ma} imports {mb})" for a, b, ma, mb in new)
-
-
-@pytest.mark.xfail(strict=True, reason=f"known upward arrows, being removed: {sorted(KNOWN_UPWARD)}")
-def test_no_upward_arrows_at_all():
-    assert not upward_arrows(import_graph())
+def test_no_upward_arrows():
+    arrows = sorted(upward_arrows(import_graph()))
+    assert not arrows, "imports pointing up a layer (move the code down, or pass it in):\n" + "\n".join(
+        f"  {a} -> {b} ({ma} imports {mb})" for a, b, ma, mb in arrows)
 
 
 def test_merge_package_layers():
