@@ -63,6 +63,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     """Check every group a strategy will use; raise ConfigError naming the first bad field."""
     from mixmerge.strategy import STRATEGIES
 
+    rebuild = (cfg.get("cache") or {}).get("rebuild_broken", False)
+    _require(isinstance(rebuild, bool), f"cache.rebuild_broken={rebuild!r} must be true (rebuild a damaged "
+                                        "cached artifact) or false (fail naming it)")
     strategy = cfg["strategy"]
     _require(strategy.get("name") in STRATEGIES, f"strategy.name={strategy.get('name')!r} must be one of {sorted(STRATEGIES)}")
     if strategy["name"] == "score":
