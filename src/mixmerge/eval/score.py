@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mixmerge.cache import write_json_atomic
+from mixmerge.eval.limits import check_limits
 from mixmerge.eval.metrics import smoothed_bleu4
 from mixmerge.eval.problems import CodeProblem, load_humaneval, load_mbpp, read_jsonl_objects
 from mixmerge.eval.suite import execute_solutions, pass_at_k_table, write_jsonl_atomic
@@ -110,6 +111,7 @@ def score_samples(samples_path: Path, eval_cfg: Mapping, out_dir: Path) -> dict[
                          "(HumanEval/<n> or MBPP/<n>; MBPP problems come from eval.mbpp.source)")
     ks = [int(k) for k in eval_cfg.get("k", [1, 10, 100])]
     _check_k(ks, Counter(ids), samples_path)
+    check_limits([problems[i] for i in ids], eval_cfg)  # limits that fail a canonical solution fail every sample
     results = execute_solutions([problems[i] for i in ids], [s["completion"] for s in samples],
                                 style="completion", eval_cfg=eval_cfg)
     correct: dict[str, list[bool]] = defaultdict(list)

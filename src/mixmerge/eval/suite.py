@@ -19,6 +19,7 @@ from typing import Any
 from mixmerge.cache import write_json_atomic
 from mixmerge.data.example import Example, render_prompt
 from mixmerge.eval.generate import generate
+from mixmerge.eval.limits import check_limits, sandbox_limits
 from mixmerge.eval.loss import heldout_loss
 from mixmerge.eval.metrics import pass_at_k, sentence_bleu, smoothed_bleu4
 from mixmerge.eval.postprocess import SUMMARY_STOP, first_sentence
@@ -59,8 +60,7 @@ def execute_solutions(
 ) -> list:
     """Sandbox verdicts for ``solutions[i]`` against ``problems[i]``."""
     programs = [build_program(p, s, style) for p, s in zip(problems, solutions, strict=True)]
-    return run_programs(programs, timeout_s=float(eval_cfg.get("timeout_s", 3.0)),
-                        memory_mb=int(eval_cfg.get("memory_mb", 1024)), workers=eval_cfg.get("workers"))
+    return run_programs(programs, **sandbox_limits(eval_cfg))
 
 
 def pass_at_k_table(correct: Mapping[str, list[bool]], ks: Sequence[int]) -> dict[int, float]:
@@ -123,6 +123,21 @@ def _eval_codesum(model, tokenizer, examples: list[Example], eval_cfg: Mapping,
     return {"codesum/bleu4": smoothed_bleu4(references, predictions)}, records
 
 
+def _benchmark_problems(eval_cfg: Mapping, seed: int) -> dict[str, list[CodeProblem]]:
+    """The seeded problem subset of every enabled code benchmark (humaneval, mbpp), by name."""
+    out = {}
+    for name in ("humaneval", "mbpp"):
+        bench_cfg = dict(eval_cfg.get(name) or {})
+        if not bench_cfg.get("enabled", False):
+            continue
+        if name == "mbpp":
+            problems = load_mbpp(str(bench_cfg.get("source", "hub")), variant=str(bench_cfg.get("variant", "full")))
+        else:
+            problems = load_humaneval()
+        out[name] = seeded_subset(problems, bench_cfg.get("limit"), seed)
+    return out
+
+
 def _evaluate(model, tokenizer, eval_cfg: Mapping, heldout: Mapping[str, Sequence[Example]], style: str,
               out_dir: Path) -> dict[str, float]:
     """Compute everything; write the per-problem JSONL files and ``eval_summary.json`` (metrics, seconds
@@ -130,6 +145,9 @@ def _evaluate(model, tokenizer, eval_cfg: Mapping, heldout: Mapping[str, Sequenc
     seed = int(eval_cfg.get("seed", 0))
     metrics: dict[str, float] = {}
     timings: dict[str, float] = {}
+    benchmarks = _benchmark_problems(eval_cfg, seed) if "codegen" in heldout else {}
+    if benchmarks:  # before any work: limits that fail a canonical solution would fail every sample
+        check_limits([p for problems in benchmarks.values() for p in problems], eval_cfg)
     loss_cfg = dict(eval_cfg.get("loss") or {})
     if loss_cfg.get("enabled", True):
         for task, examples in heldout.items():
@@ -139,21 +157,12 @@ def _evaluate(model, tokenizer, eval_cfg: Mapping, heldout: Mapping[str, Sequenc
                 model, tokenizer, subset, prompt_style=style, batch_size=int(loss_cfg.get("batch_size", 8)),
                 max_tokens=int(loss_cfg.get("max_tokens", 1024)), desc=f"{task} loss")
             timings[f"{task}/loss"] = time.perf_counter() - started
-    if "codegen" in heldout:
-        for name, loader in (("humaneval", load_humaneval), ("mbpp", None)):
-            bench_cfg = dict(eval_cfg.get(name) or {})
-            if not bench_cfg.get("enabled", False):
-                continue
-            started = time.perf_counter()
-            if loader is None:
-                problems = load_mbpp(str(bench_cfg.get("source", "hub")), variant=str(bench_cfg.get("variant", "full")))
-            else:
-                problems = loader()
-            problems = seeded_subset(problems, bench_cfg.get("limit"), seed)
-            bench_metrics, records = _eval_benchmark(model, tokenizer, name, problems, eval_cfg, style)
-            metrics.update(bench_metrics)
-            write_jsonl_atomic(out_dir / f"{name}.jsonl", records)
-            timings[name] = time.perf_counter() - started
+    for name, problems in benchmarks.items():
+        started = time.perf_counter()
+        bench_metrics, records = _eval_benchmark(model, tokenizer, name, problems, eval_cfg, style)
+        metrics.update(bench_metrics)
+        write_jsonl_atomic(out_dir / f"{name}.jsonl", records)
+        timings[name] = time.perf_counter() - started
     codesum_cfg = dict(eval_cfg.get("codesum") or {})
     if "codesum" in heldout and codesum_cfg.get("enabled", False):
         started = time.perf_counter()
