@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # The config tree run.py composes; the keys its YAML files define are the only ones a run may carry.
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -85,14 +88,23 @@ def _merge_tree(into: dict, node: Any) -> None:
             into[key] = None
 
 
+def primary_conf_dir() -> Path:
+    """The folder the running Hydra app composed from (run.py's ``conf``), else the repository's."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        for source in HydraConfig.get().runtime.config_sources:
+            if source.provider == "main" and source.schema == "file":
+                return Path(source.path)
+    return CONF_DIR
+
+
 @functools.lru_cache(maxsize=4)
-def declared_keys(conf_dir: Path = CONF_DIR) -> dict:
+def declared_keys(conf_dir: Path) -> dict:
     """The tree of keys that any YAML under ``conf_dir`` defines, each file at its package (its group, or
     the top level for ``@package _global_`` files such as experiments and hparams_search presets)."""
     import yaml
 
-    if not conf_dir.is_dir():
-        raise ConfigError(f"cannot check config keys: the config folder {conf_dir} does not exist")
     tree: dict = {}
     for path in sorted(conf_dir.rglob("*.yaml")):
         rel = path.relative_to(conf_dir)
@@ -125,10 +137,14 @@ def _unknown_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any], prefix: str
     return out
 
 
-def validate_known_keys(cfg: Mapping[str, Any], conf_dir: Path = CONF_DIR) -> None:
+def validate_known_keys(cfg: Mapping[str, Any], conf_dir: Path | None = None) -> None:
     """Refuse keys that no config file defines (a typo added with Hydra's ``+``, e.g. ``+merge.desnity=0.3``,
     would otherwise be silently ignored), suggesting the closest defined key."""
-    unknown = _unknown_keys({k: v for k, v in cfg.items() if k != "hydra"}, declared_keys(Path(conf_dir)))
+    conf_dir = Path(conf_dir) if conf_dir is not None else primary_conf_dir()
+    if not conf_dir.is_dir():
+        log.warning("config keys not checked: no config folder at %s to compare them with", conf_dir)
+        return
+    unknown = _unknown_keys({k: v for k, v in cfg.items() if k != "hydra"}, declared_keys(conf_dir))
     if not unknown:
         return
     dotted, allowed = unknown[0]

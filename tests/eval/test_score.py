@@ -104,6 +104,14 @@ def test_k_above_the_samples_per_problem_says_how_many_are_needed(tmp_path, monk
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("k", [[], [0, 1], None])
+def test_k_without_a_usable_value_is_refused(tmp_path, k):
+    path = _write(tmp_path, OK_LINE + "\n")
+    with pytest.raises(ValueError, match=r"eval\.k=.* must list at least one k >= 1"):
+        score.run({"samples": str(path), "k": k}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_k_partly_above_the_samples_is_skipped_with_a_warning(tmp_path, caplog):
     p = load_humaneval()[0]
     path = _write(tmp_path, json.dumps({"task_id": p.task_id, "completion": p.canonical_solution}) + "\n")

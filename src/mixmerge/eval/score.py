@@ -83,6 +83,8 @@ def read_samples(samples_path: Path) -> list[tuple[int, dict]]:
 
 def _check_k(ks: list[int], per_problem: Mapping[str, int], samples_path: Path) -> None:
     """Refuse ``eval.k`` values that no problem or only some problems have enough samples for."""
+    if not ks or min(ks) < 1:
+        raise ValueError(f"eval.k={ks} must list at least one k >= 1, e.g. eval.k=[1,10]")
     fewest = min(per_problem.values())
     too_many = [k for k in ks if k > fewest]
     if not too_many:
@@ -109,7 +111,8 @@ def score_samples(samples_path: Path, eval_cfg: Mapping, out_dir: Path) -> dict[
         listed = ", ".join(f"{i} (line {n})" for n, i in unknown[:5])
         raise ValueError(f"eval.samples={str(samples_path)!r} has task ids with no problem: {listed} "
                          "(HumanEval/<n> or MBPP/<n>; MBPP problems come from eval.mbpp.source)")
-    ks = [int(k) for k in eval_cfg.get("k", [1, 10, 100])]
+    raw_k = eval_cfg.get("k", [1, 10, 100])
+    ks = [int(k) for k in (raw_k if isinstance(raw_k, list | tuple) else [] if raw_k is None else [raw_k])]
     _check_k(ks, Counter(ids), samples_path)
     check_limits([problems[i] for i in ids], eval_cfg)  # limits that fail a canonical solution fail every sample
     results = execute_solutions([problems[i] for i in ids], [s["completion"] for s in samples],
