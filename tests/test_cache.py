@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mixmerge.cache import ArtifactStore, content_key
+from mixmerge.cache import ArtifactStore, BrokenArtifactError, content_key
 from mixmerge.stages import merge_config_for_key, training_config
 
 
@@ -180,3 +180,87 @@ def test_resumable_build_sees_its_partial_work(tmp_path):
 
     store.get_or_build("specialist", {"a": 1}, second, resumable=True)
     assert seen == ["step 3"]
+
+
+def _safetensors_writer(calls: list):
+    def build(work: Path):
+        import torch
+        from safetensors.torch import save_file
+
+        calls.append(work)
+        save_file({"w": torch.arange(64, dtype=torch.float32)}, str(work / "model.safetensors"))
+        (work / "config.json").write_text('{"a": 1}')
+
+    return build
+
+
+def _truncate(path: Path, keep: int) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:keep])
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    (lambda p: (p / "manifest.json").write_text('{"kind": "merged", "key'), r"manifest\.json cannot be read"),
+    (lambda p: (p / "manifest.json").write_text("[]"), r"manifest\.json is not a JSON object"),
+    (lambda p: _truncate(p / "model.safetensors", 200), r"model\.safetensors"),
+    (lambda p: _truncate(p / "model.safetensors", 4), r"model\.safetensors has 4 bytes, \d+ when it was built"),
+    (lambda p: (p / "config.json").unlink(), r"config\.json is missing"),
+    (lambda p: (p / "config.json").write_text("{}"), r"config\.json has 2 bytes, 8 when it was built"),
+])
+def test_a_damaged_artifact_fails_naming_its_folder_and_the_fix(tmp_path, damage, problem):
+    store, calls = ArtifactStore(tmp_path), []
+    art = store.get_or_build("merged", {"a": 1}, _safetensors_writer(calls))
+    assert art.manifest["files"]["config.json"] == {"bytes": 8}
+    assert art.manifest["files"]["model.safetensors"]["bytes"] == (art.path / "model.safetensors").stat().st_size
+    damage(art.path)
+    with pytest.raises(BrokenArtifactError, match=problem) as err:
+        store.get_or_build("merged", {"a": 1}, _safetensors_writer(calls))
+    assert str(art.path) in str(err.value) and "cache.rebuild_broken=true" in str(err.value)
+    assert f"rm -rf {art.path}" in str(err.value) and len(calls) == 1  # nothing was built or removed
+    assert art.path.is_dir()
+
+
+def test_rebuild_broken_replaces_the_damaged_artifact(tmp_path):
+    calls: list = []
+    art = ArtifactStore(tmp_path).get_or_build("merged", {"a": 1}, _safetensors_writer(calls))
+    good = (art.path / "model.safetensors").read_bytes()
+    _truncate(art.path / "model.safetensors", 200)
+    store = ArtifactStore(tmp_path, rebuild_broken=True)
+    again = store.get_or_build("merged", {"a": 1}, _safetensors_writer(calls))
+    assert len(calls) == 2 and not again.reused and again.path == art.path
+    assert (again.path / "model.safetensors").read_bytes() == good
+    assert store.get_or_build("merged", {"a": 1}, _safetensors_writer(calls)).reused and len(calls) == 2
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir() if not p.name.endswith(".lock")) == [art.path.name]
+
+
+def test_a_failed_rebuild_keeps_the_damaged_artifact_for_inspection(tmp_path):
+    art = ArtifactStore(tmp_path).get_or_build("merged", {"a": 1}, _safetensors_writer([]))
+    (art.path / "config.json").write_text("{}")
+
+    def crash(work: Path):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        ArtifactStore(tmp_path, rebuild_broken=True).get_or_build("merged", {"a": 1}, crash)
+    assert (art.path / "config.json").read_text() == "{}" and (art.path / "model.safetensors").is_file()
+
+
+def test_manifests_without_recorded_sizes_stay_usable_and_truncation_is_still_caught(tmp_path):
+    store, calls = ArtifactStore(tmp_path), []
+    art = store.get_or_build("merged", {"a": 1}, _safetensors_writer(calls))
+    manifest = json.loads((art.path / "manifest.json").read_text())
+    del manifest["files"]  # as written before sizes were recorded
+    (art.path / "manifest.json").write_text(json.dumps(manifest))
+    assert store.get_or_build("merged", {"a": 1}, _safetensors_writer(calls)).reused and len(calls) == 1
+    _truncate(art.path / "model.safetensors", 300)
+    with pytest.raises(BrokenArtifactError, match=r"model\.safetensors is truncated: its tensors need \d+ bytes"):
+        store.get_or_build("merged", {"a": 1}, _safetensors_writer(calls))
+
+
+def test_a_manifest_of_another_artifact_is_refused(tmp_path):
+    store = ArtifactStore(tmp_path)
+    art = store.get_or_build("merged", {"a": 1}, _writer([]))
+    manifest = json.loads((art.path / "manifest.json").read_text())
+    (art.path / "manifest.json").write_text(json.dumps({**manifest, "key": "0" * 20}))
+    with pytest.raises(BrokenArtifactError, match="expected '" + art.key):
+        store.lookup("merged", art.key)

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
+import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from mixmerge.dtypes import DTYPE_NAMES
+
+log = logging.getLogger(__name__)
+
+# The config tree run.py composes; the keys its YAML files define are the only ones a run may carry.
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# Folders under conf/ that are not job config groups (Hydra's own settings, the sweeper's search spaces).
+_NOT_JOB_CONFIG = ("hydra", "hparams_search/space")
+# Maps whose keys are names the user chooses (tasks, metrics, variant folders): any key is fine below them.
+FREE_FORM = frozenset({"task.tasks", "task.mixture.weights", "eval.aggregate.terms", "eval.aggregate.weights",
+                       "analysis.paths", "analysis.check.task_metrics"})
+# Keys the code reads that no YAML sets by default, so they are only ever added with `+`.
+KEYS_WITHOUT_YAML = frozenset({"model.path",  # model.source=local: the HF folder
+                               "merge.check_finite"})  # false skips the merged tensors' finiteness check
 
 
 class ConfigError(ValueError):
@@ -60,10 +77,97 @@ def validate_task(task: Mapping[str, Any]) -> None:
     _require(all(float(w) >= 0 for w in weights.values()), "task.mixture.weights must be >= 0")
 
 
+def _merge_tree(into: dict, node: Any) -> None:
+    """Union of declared keys: a dict merges key by key; anything else (null, a value, a list) at a path
+    makes it open (``None``), since a user may give it any structure."""
+    for key, value in node.items():
+        if key in ("defaults", "hydra"):
+            continue
+        if isinstance(value, dict) and (key not in into or isinstance(into[key], dict)):
+            _merge_tree(into.setdefault(key, {}), value)
+        elif not isinstance(value, dict) or key not in into:
+            into[key] = None
+
+
+def primary_conf_dir() -> Path:
+    """The folder the running Hydra app composed from (run.py's ``conf``), else the repository's."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        for source in HydraConfig.get().runtime.config_sources:
+            if source.provider == "main" and source.schema == "file":
+                return Path(source.path)
+    return CONF_DIR
+
+
+@functools.lru_cache(maxsize=4)
+def declared_keys(conf_dir: Path) -> dict:
+    """The tree of keys that any YAML under ``conf_dir`` defines, each file at its package (its group, or
+    the top level for ``@package _global_`` files such as experiments and hparams_search presets)."""
+    import yaml
+
+    tree: dict = {}
+    for path in sorted(conf_dir.rglob("*.yaml")):
+        rel = path.relative_to(conf_dir)
+        if any(rel.as_posix().startswith(f"{skip}/") for skip in _NOT_JOB_CONFIG):
+            continue
+        text = path.read_text()
+        node = yaml.safe_load(text) or {}
+        if not isinstance(node, dict):
+            continue
+        is_global = len(rel.parts) == 1 or any("@package _global_" in line for line in text.splitlines()[:3])
+        _merge_tree(tree if is_global else tree.setdefault(rel.parts[0], {}), node)
+    for dotted in KEYS_WITHOUT_YAML:
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node.setdefault(leaf, None)
+    return tree
+
+
+def _unknown_keys(cfg: Mapping[str, Any], schema: Mapping[str, Any], prefix: str = "") -> list[tuple[str, list]]:
+    """``(dotted key, the keys allowed beside it)`` for each key of ``cfg`` that ``schema`` does not define."""
+    out = []
+    for key, value in cfg.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            out.append((dotted, sorted(map(str, schema))))
+        elif isinstance(schema[key], dict) and isinstance(value, Mapping) and dotted not in FREE_FORM:
+            out += _unknown_keys(value, schema[key], f"{dotted}.")
+    return out
+
+
+def validate_known_keys(cfg: Mapping[str, Any], conf_dir: Path | None = None) -> None:
+    """Refuse keys that no config file defines (a typo added with Hydra's ``+``, e.g. ``+merge.desnity=0.3``,
+    would otherwise be silently ignored), suggesting the closest defined key."""
+    conf_dir = Path(conf_dir) if conf_dir is not None else primary_conf_dir()
+    if not conf_dir.is_dir():
+        log.warning("config keys not checked: no config folder at %s to compare them with", conf_dir)
+        return
+    unknown = _unknown_keys({k: v for k, v in cfg.items() if k != "hydra"}, declared_keys(conf_dir))
+    if not unknown:
+        return
+    dotted, allowed = unknown[0]
+    parent, _, leaf = dotted.rpartition(".")
+    close = difflib.get_close_matches(leaf, allowed, n=1, cutoff=0.6)
+    hint = f"did you mean {'.'.join(filter(None, (parent, close[0])))}?" if close else \
+        f"{parent or 'the top level'} defines {allowed}"
+    where = f"conf/{dotted.split('.')[0]}/*.yaml" if parent else "conf/config.yaml"
+    more = f" (and {len(unknown) - 1} more unknown: {[d for d, _ in unknown[1:4]]})" if len(unknown) > 1 else ""
+    raise ConfigError(f"unknown config key {dotted}: {hint} No config defines it, so it would be silently "
+                      f"ignored; fix the name, or define the key in {where} if it is new{more}")
+
+
 def validate_config(cfg: Mapping[str, Any]) -> None:
     """Check every group a strategy will use; raise ConfigError naming the first bad field."""
     from mixmerge.strategy import STRATEGIES
 
+    validate_known_keys(cfg)
+
+    rebuild = (cfg.get("cache") or {}).get("rebuild_broken", False)
+    _require(isinstance(rebuild, bool), f"cache.rebuild_broken={rebuild!r} must be true (rebuild a damaged "
+                                        "cached artifact) or false (fail naming it)")
     strategy = cfg["strategy"]
     _require(strategy.get("name") in STRATEGIES, f"strategy.name={strategy.get('name')!r} must be one of {sorted(STRATEGIES)}")
     if strategy["name"] == "score":

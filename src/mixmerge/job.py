@@ -25,6 +25,6 @@ def run_job(cfg: DictConfig | dict, *, run_dir: str | Path, group: str | None = 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     strategy = get_strategy(config["strategy"]["name"])
-    store = ArtifactStore(config["cache"]["root"])
+    store = ArtifactStore(config["cache"]["root"], rebuild_broken=config["cache"].get("rebuild_broken", False))
     with open_tracker(config, run_dir, group=group) as tracker:
         return strategy(config, store=store, run_dir=run_dir, tracker=tracker)

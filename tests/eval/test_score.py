@@ -55,3 +55,76 @@ def test_bleu_files_score_only_predicted_ids_like_the_codexglue_evaluator(tmp_pa
 def test_score_without_inputs_says_what_to_set(tmp_path):
     with pytest.raises(ValueError, match="eval.samples"):
         score.run({}, tmp_path)
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "samples.jsonl"
+    path.write_text(text)
+    return path
+
+
+OK_LINE = json.dumps({"task_id": "HumanEval/0", "completion": "    return True\n"})
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    # blank lines count: the broken line is the file's 3rd line, not the 2nd sample
+    (OK_LINE + "\n\n{\"task_id\": \"HumanEval/1\", \"completion\": \n", r"line 3: not valid JSON"),
+    (OK_LINE + "\n" + json.dumps({"task_id": "HumanEval/1"}) + "\n", r"line 2: missing field 'completion'"),
+    (json.dumps({"completion": "x"}) + "\n", r"line 1: missing field 'task_id'"),
+    (OK_LINE + "\n" + json.dumps({"task_id": "HumanEval/1", "completion": 3}) + "\n",
+     r"line 2: field 'completion' must be a str, got int"),
+    (json.dumps({"task_id": 7, "completion": ""}) + "\n", r"line 1: field 'task_id' must be a str, got int"),
+    ("[1, 2]\n", r"line 1: expected a JSON object, got list"),
+    ("\n\n", r"has no samples"),
+])
+def test_malformed_sample_files_name_the_file_line_and_field(tmp_path, monkeypatch, text, message):
+    executed = []
+    monkeypatch.setattr(score, "execute_solutions", lambda *a, **k: executed.append(a) or [])
+    path = _write(tmp_path, text)
+    with pytest.raises(ValueError, match=message) as err:
+        score.run({"samples": str(path), "k": [1]}, tmp_path / "out")
+    assert f"eval.samples='{path}'" in str(err.value)
+    assert executed == [] and not (tmp_path / "out").exists()  # nothing ran, nothing written
+
+
+def test_unknown_task_id_names_its_line(tmp_path):
+    path = _write(tmp_path, OK_LINE + "\n\n" + json.dumps({"task_id": "HumanEval/999", "completion": ""}) + "\n")
+    with pytest.raises(ValueError, match=r"HumanEval/999 \(line 3\)"):
+        score.run({"samples": str(path), "k": [1]}, tmp_path)
+
+
+def test_k_above_the_samples_per_problem_says_how_many_are_needed(tmp_path, monkeypatch):
+    executed = []
+    monkeypatch.setattr(score, "execute_solutions", lambda *a, **k: executed.append(a) or [])
+    path = _write(tmp_path, OK_LINE + "\n")
+    with pytest.raises(ValueError, match=r"eval\.k=\[10\]: pass@10 needs at least 10 samples per problem, but "
+                                         r"eval\.samples=.* has 1 ") as err:
+        score.run({"samples": str(path), "k": [10]}, tmp_path / "out")
+    assert "needs eval.samples=FILE" not in str(err.value) and executed == []
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("k", [[], [0, 1], None])
+def test_k_without_a_usable_value_is_refused(tmp_path, k):
+    path = _write(tmp_path, OK_LINE + "\n")
+    with pytest.raises(ValueError, match=r"eval\.k=.* must list at least one k >= 1"):
+        score.run({"samples": str(path), "k": k}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_k_partly_above_the_samples_is_skipped_with_a_warning(tmp_path, caplog):
+    p = load_humaneval()[0]
+    path = _write(tmp_path, json.dumps({"task_id": p.task_id, "completion": p.canonical_solution}) + "\n")
+    report = score.run({"samples": str(path), "k": [1, 10], "timeout_s": 5.0, "workers": 1}, tmp_path / "out")
+    assert report == {"pass@1": 1.0}
+    assert "pass@10 needs at least 10 samples per problem" in caplog.text
+
+
+def test_malformed_local_mbpp_rows_name_the_line(tmp_path):
+    from mixmerge.eval.problems import load_mbpp
+
+    mbpp = tmp_path / "mbpp.jsonl"
+    mbpp.write_text(json.dumps({"task_id": 1, "text": "t", "code": "", "test_list": ["assert f(1)"]}) + "\n"
+                    + json.dumps({"task_id": 2, "text": "t", "code": ""}) + "\n")
+    with pytest.raises(ValueError, match=r"eval\.mbpp\.source=.* line 2: missing field 'test_list'"):
+        load_mbpp(str(mbpp))

@@ -236,3 +236,19 @@ def test_spaces_params_and_their_precedence():
         _sweeper(spaces=spaces, space="ties")
     with pytest.raises(ValueError, match="neither 'maximize' nor 'minimize'"):
         _sweeper(direction="up")
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"n_trials": 0}, r"hydra\.sweeper\.n_trials=0 must be >= 1"),
+    ({"n_trials": -3}, r"hydra\.sweeper\.n_trials=-3 must be >= 1"),
+    ({"max_failures": 0}, r"hydra\.sweeper\.max_failures=0 must be >= 1"),
+])
+def test_counts_below_one_are_rejected(kw, message):
+    with pytest.raises(ValueError, match=message):
+        _sweeper(**kw)
+
+
+def test_zero_trials_fail_before_any_trial_or_study(toy):
+    out = toy.run("hparams_search=merge_optuna", "merge=ties", "hydra.sweeper.n_trials=0", check=False)
+    assert out.returncode != 0 and "hydra.sweeper.n_trials=0 must be >= 1" in out.stdout, out.stdout[-2000:]
+    assert toy.jobs() == [] and not (toy.tmp / "studies.db").exists() and not (toy.tmp / "sweep").exists()

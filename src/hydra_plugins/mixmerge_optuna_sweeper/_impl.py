@@ -109,6 +109,11 @@ class OptunaSweeperImpl(Sweeper):
         self.storage = storage
         self.study_name = study_name
         self.n_trials = int(n_trials)
+        if self.n_trials < 1:  # checked here, before any study is opened or any trial launched
+            raise ValueError(f"hydra.sweeper.n_trials={n_trials} must be >= 1 (the study's total number of "
+                             "trials; a finished study runs nothing more)")
+        if max_failures is not None and int(max_failures) < 1:
+            raise ValueError(f"hydra.sweeper.max_failures={max_failures} must be >= 1 or null (= n_trials)")
         self.n_jobs = int(n_jobs)
         self.seed = int(seed)
         chosen: Any = {}

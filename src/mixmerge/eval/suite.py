@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mixmerge.data.example import Example, render_prompt
 from mixmerge.eval.generate import generate
+from mixmerge.eval.limits import check_limits, sandbox_limits
 from mixmerge.eval.loss import heldout_loss
 from mixmerge.eval.metrics import pass_at_k, sentence_bleu, smoothed_bleu4
 from mixmerge.eval.postprocess import SUMMARY_STOP, first_sentence
@@ -77,9 +78,7 @@ def execute_solutions(
 ) -> list:
     """Sandbox verdicts for ``solutions[i]`` against ``problems[i]``."""
     programs = [build_program(p, s, style) for p, s in zip(problems, solutions, strict=True)]
-    return run_programs(programs, timeout_s=float(eval_cfg.get("timeout_s", 3.0)),
-                        memory_mb=int(eval_cfg.get("memory_mb", 1024)), workers=eval_cfg.get("workers"),
-                        allow_unsafe=bool(eval_cfg.get("allow_unsafe_sandbox", False)))
+    return run_programs(programs, **sandbox_limits(eval_cfg))
 
 
 def pass_at_k_table(correct: Mapping[str, list[bool]], ks: Sequence[int]) -> dict[int, float]:
@@ -127,18 +126,12 @@ def evaluate_code_benchmarks(model, tokenizer, examples: Sequence[Example], *, t
                              style: str) -> dict[str, EvalPart]:
     """The code-generation evaluator: HumanEval and MBPP (each when enabled in ``eval``), executed in the
     sandbox; the benchmarks are fixed problem sets, so the task's own held-out ``examples`` are not used."""
-    seed = int(eval_cfg.get("seed", 0))
+    benchmarks = _benchmark_problems(eval_cfg, int(eval_cfg.get("seed", 0)))
+    if benchmarks:  # before any generation: limits that fail a canonical solution would fail every sample
+        check_limits([p for problems in benchmarks.values() for p in problems], eval_cfg)
     parts = {}
-    for name in ("humaneval", "mbpp"):
-        bench_cfg = dict(eval_cfg.get(name) or {})
-        if not bench_cfg.get("enabled", False):
-            continue
+    for name, problems in benchmarks.items():
         started = time.perf_counter()
-        if name == "mbpp":
-            problems = load_mbpp(str(bench_cfg.get("source", "hub")), variant=str(bench_cfg.get("variant", "full")))
-        else:
-            problems = load_humaneval()
-        problems = seeded_subset(problems, bench_cfg.get("limit"), seed)
         metrics, records = _eval_benchmark(model, tokenizer, name, problems, eval_cfg, style, task)
         parts[name] = EvalPart(metrics, records, time.perf_counter() - started)
     return parts
@@ -168,6 +161,21 @@ def evaluate_summaries(model, tokenizer, examples: Sequence[Example], *, task: s
                                                     strict=True)]
     metrics = {f"{task}/bleu4": smoothed_bleu4(references, predictions)}
     return {task: EvalPart(metrics, records, time.perf_counter() - started)}
+
+
+def _benchmark_problems(eval_cfg: Mapping, seed: int) -> dict[str, list[CodeProblem]]:
+    """The seeded problem subset of every enabled code benchmark (humaneval, mbpp), by name."""
+    out = {}
+    for name in ("humaneval", "mbpp"):
+        bench_cfg = dict(eval_cfg.get(name) or {})
+        if not bench_cfg.get("enabled", False):
+            continue
+        if name == "mbpp":
+            problems = load_mbpp(str(bench_cfg.get("source", "hub")), variant=str(bench_cfg.get("variant", "full")))
+        else:
+            problems = load_humaneval()
+        out[name] = seeded_subset(problems, bench_cfg.get("limit"), seed)
+    return out
 
 
 def _evaluate(model, tokenizer, eval_cfg: Mapping, heldout: Mapping[str, Sequence[Example]], style: str,
