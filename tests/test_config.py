@@ -16,7 +16,8 @@ GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in (
 
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """The options a user can pick; ``_*.yaml`` files are bases other options extend (conf/merge/_base.yaml)."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def _compose(overrides: list[str]) -> dict:

@@ -38,6 +38,9 @@ class TaskSpec:
     target_is_sentence: bool = False  # completion style: the target is " <sentence>\n" (learns to stop)
     # "module:function" with the signature of ``eval.suite.Evaluator``; None = held-out loss only.
     evaluator: str | None = None
+    # "module:function(eval_cfg)" run for every task before any model work: a config the evaluator cannot
+    # honour (sandbox limits that fail even a canonical solution) stops the run before loss or generation.
+    preflight: str | None = None
     # config sections of ``eval`` the evaluator reads -> what they measure (the results table's caption)
     eval_sections: Mapping[str, str] = field(default_factory=dict)
     headline_metric: str | None = None  # the specialist's own metric, higher is better
@@ -52,6 +55,7 @@ TASKS: dict[str, TaskSpec] = {
             "codegen",
             instruction="Complete the following Python function.",
             evaluator="mixmerge.eval.suite:evaluate_code_benchmarks",
+            preflight="mixmerge.eval.suite:check_code_benchmark_limits",
             eval_sections={"humaneval": "of the 164 HumanEval problems", "mbpp": "MBPP test problems"},
             headline_metric="codegen/humaneval_pass@1",
             aggregate_scale=1.0,

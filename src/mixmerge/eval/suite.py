@@ -55,13 +55,22 @@ class EvalPart:
 Evaluator = Callable[..., dict[str, EvalPart]]
 
 
-def evaluator_of(task: str) -> Evaluator | None:
-    """The evaluator function named by ``task``'s row, imported on first use (None: held-out loss only)."""
-    target = task_spec(task).evaluator
+def _imported(target: str | None):
+    """The function a task row names as ``"module:function"``, imported on first use (None stays None)."""
     if target is None:
         return None
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def evaluator_of(task: str) -> Evaluator | None:
+    """The evaluator function named by ``task``'s row (None: held-out loss only)."""
+    return _imported(task_spec(task).evaluator)
+
+
+def preflight_of(task: str) -> Callable[[Mapping], None] | None:
+    """The check ``task``'s row runs on the eval config before any model work (None: nothing to check)."""
+    return _imported(task_spec(task).preflight)
 
 
 def _problem_prompt(problem: CodeProblem, tokenizer, style: str, task: str) -> str:
@@ -126,15 +135,19 @@ def evaluate_code_benchmarks(model, tokenizer, examples: Sequence[Example], *, t
                              style: str) -> dict[str, EvalPart]:
     """The code-generation evaluator: HumanEval and MBPP (each when enabled in ``eval``), executed in the
     sandbox; the benchmarks are fixed problem sets, so the task's own held-out ``examples`` are not used."""
-    benchmarks = _benchmark_problems(eval_cfg, int(eval_cfg.get("seed", 0)))
-    if benchmarks:  # before any generation: limits that fail a canonical solution would fail every sample
-        check_limits([p for problems in benchmarks.values() for p in problems], eval_cfg)
     parts = {}
-    for name, problems in benchmarks.items():
+    for name, problems in _benchmark_problems(eval_cfg, int(eval_cfg.get("seed", 0))).items():
         started = time.perf_counter()
         metrics, records = _eval_benchmark(model, tokenizer, name, problems, eval_cfg, style, task)
         parts[name] = EvalPart(metrics, records, time.perf_counter() - started)
     return parts
+
+
+def check_code_benchmark_limits(eval_cfg: Mapping) -> None:
+    """Preflight of the code-generation row: limits that fail a canonical solution would fail every sample."""
+    benchmarks = _benchmark_problems(eval_cfg, int(eval_cfg.get("seed", 0)))
+    if benchmarks:
+        check_limits([p for problems in benchmarks.values() for p in problems], eval_cfg)
 
 
 # Completion-style summaries often start with a newline after "# Summary:", so a "\n" stop string would
@@ -185,6 +198,10 @@ def _evaluate(model, tokenizer, eval_cfg: Mapping, heldout: Mapping[str, Sequenc
     seed = int(eval_cfg.get("seed", 0))
     metrics: dict[str, float] = {}
     timings: dict[str, float] = {}
+    for task in heldout:  # before any work: a config an evaluator cannot honour stops the run here
+        check = preflight_of(task)
+        if check is not None:
+            check(eval_cfg)
     loss_cfg = dict(eval_cfg.get("loss") or {})
     if loss_cfg.get("enabled", True):
         for task, examples in heldout.items():
