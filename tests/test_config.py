@@ -16,7 +16,8 @@ GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in (
 
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """The selectable options (``_name.yaml`` files are partials that options extend, e.g. merge/_base)."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.name.startswith("_"))
 
 
 def _compose(overrides: list[str]) -> dict:
