@@ -1,14 +1,15 @@
 """Every `python run.py ...` command the docs give works as typed, on the tiny model.
 
 The commands are read from README.md, sweeps/README.md, run.py's docstring and the header comments of
-conf/**/*.yaml, so a command added to the docs is tested from then on. Each runs through run.py's own Hydra
-entry point in this process (runpy runs the file as ``__main__``: the same argv parsing, sweepers and launchers; no interpreter start-up per
-command), with a scratch working directory and cache shared by the module so the tiny specialists train
-once. Appended to every command: ``model=tiny``, the scratch cache and output folders, and small sizes
-(``SIZES``) for whatever the command does not set itself, and ``eval=quick`` for a multirun that does not
-choose its evaluation (itself or through a preset); each command keeps its strategy, sweeper and launcher. Placeholders (PATH, OUT, DATE/TIME, samples.jsonl, ...) become real fixtures made
-here. Commands for a GPU or the hub are composed instead (``--cfg job --resolve``), and commands that cannot
-run here are listed in ``NOT_RUN`` with the reason.
+conf/**/*.yaml, so a command added to the docs is tested from then on. Each runs through run.py itself in
+this process (runpy runs the file as ``__main__``: the same argv parsing, sweepers and launchers, without
+an interpreter start-up per command), in one scratch working directory with one cache for the module, so
+the tiny specialists train once. Appended to each command: ``model=tiny``, the scratch cache and output
+folders, small sizes (``SIZES``) for whatever the command does not set itself, and ``eval=quick`` for a
+multirun that does not choose its evaluation (itself or through a preset); each keeps its strategy,
+sweeper and launcher. Placeholders (PATH, OUT, DATE/TIME, samples.jsonl, ...) become fixtures made here
+from real runs. Commands for a GPU, the hub or a cluster are composed instead (``--cfg job --resolve``);
+commands that cannot run here are listed in ``NOT_RUN`` with the reason.
 """
 
 from __future__ import annotations
@@ -199,13 +200,13 @@ def _set_keys(args: list[str]) -> set[str]:
     return {a.split("=", 1)[0].lstrip("+~") for a in args if _is_override(a)}
 
 
-def _compose(overrides: list[str]):
+def _compose(overrides: list[str], hydra_node: bool = True):
     import hydra
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with hydra.initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra.compose("config", overrides=overrides, return_hydra_config=True)
+        return hydra.compose("config", overrides=overrides, return_hydra_config=hydra_node)
 
 
 def _has_key(cfg, dotted: str) -> bool:
@@ -343,8 +344,14 @@ def _id(c: DocCommand) -> str:
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c.text not in NOT_RUN], ids=_id)
 def test_documented_command_works_as_typed(runner, command):
     result = runner.ok(command.text)
-    if runner.is_compose_only(command.text):
+    if runner.is_compose_only(command.text):  # composed by run.py above; now validated as a job would be
+        from omegaconf import OmegaConf
+
+        from mixmerge.config import validate_config
+
         assert "model:" in result.output, result.output[-2000:]
+        cfg = _compose([a for a in command.args if _is_override(a)], hydra_node=False)
+        validate_config(OmegaConf.to_container(cfg, resolve=True))
 
 
 def test_demo_finishes_and_says_what_it_could_not_compute_and_where_the_verdict_is(runner):
@@ -360,7 +367,7 @@ def test_demo_finishes_and_says_what_it_could_not_compute_and_where_the_verdict_
 def test_report_prints_the_sweep_verdict_and_what_the_paper_table_needs(runner):
     """The documented grid runs with eval=quick here, so the paper-style table says what it lacks (its
     rendering is tested on a constructed sweep in tests/strategy/test_report_strategy.py)."""
-    report = next(c.text for c in COMMANDS if "strategy=report" in c.args[0] and "DATE/TIME" in c.text)
+    report = next(c.text for c in COMMANDS if c.args[:1] == ["strategy=report"] and "DATE/TIME" in c.text)
     out = runner.ok(report).output
     assert "No job has codegen/humaneval_pass@1, codegen/mbpp_pass@1, codesum/bleu4: the paper-style table" in out
     assert re.search(r"Sweep verdict over 15 merges: winner = (mix|merge|tie) by \d\.\d{4} aggregate", out), out[-3000:]
