@@ -6,7 +6,7 @@ this process (runpy runs the file as ``__main__``: the same argv parsing, sweepe
 an interpreter start-up per command), in one scratch working directory with one cache for the module, so
 the tiny specialists train once. Appended to each command: ``model=tiny``, the scratch cache and output
 folders, small sizes (``SIZES``) for whatever the command does not set itself, and ``eval=quick`` for a
-multirun that does not choose its evaluation (itself or through a preset); each keeps its strategy,
+grid multirun that does not choose its evaluation (itself or through a preset); each keeps its strategy,
 sweeper and launcher. Placeholders (PATH, OUT, DATE/TIME, samples.jsonl, ...) become fixtures made here
 from real runs. Commands for a GPU, the hub or a cluster are composed instead (``--cfg job --resolve``);
 commands that cannot run here are listed in ``NOT_RUN`` with the reason.
@@ -20,9 +20,11 @@ import io
 import json
 import os
 import re
+import resource
 import runpy
 import shlex
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,6 +197,12 @@ def _invoke(argv: list[str]) -> tuple[str, BaseException | None]:
     return buf.getvalue(), error
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the sandbox, joblib workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _set_keys(args: list[str]) -> set[str]:
     """Keys (and config groups) the command's own overrides set: ``eval``, ``trainer.max_steps``, ..."""
     return {a.split("=", 1)[0].lstrip("+~") for a in args if _is_override(a)}
@@ -242,8 +250,9 @@ class DocRunner:
         if cfg.hydra.sweeper.get("storage", "absent") is None:  # Optuna: a scratch study database
             extra.append(f"hydra.sweeper.storage=sqlite:///{self.scratch / 'optuna.db'}")
         extra += [f"{k}={v}" for k, v in SIZES.items() if k not in _set_keys(args) and _has_key(cfg, k)]
-        if "-m" in args and "eval" not in _set_keys(args) and cfg.hydra.runtime.choices.get("eval") == "default":
-            extra.append("eval=quick")  # sweeps: N jobs x generation would dominate the test; their own eval wins
+        grid = "BasicSweeper" in str(cfg.hydra.sweeper.get("_target_"))  # Optuna: n_trials bounds the cost
+        if grid and "eval" not in _set_keys(args) and cfg.hydra.runtime.choices.get("eval") == "default":
+            extra.append("eval=quick")  # 9-15 jobs x generation would dominate the test
         return args + extra
 
     def substitute(self, command: str) -> str:
@@ -269,9 +278,13 @@ class DocRunner:
         if command not in self.results:
             slug = f"{len(self.results):02d}"
             argv = self.argv_for(command, slug)
+            cpu_s, wall_s = _cpu_s(), time.perf_counter()
             output, error = _invoke(argv)
             self.results[command] = Result(argv, output, self.scratch / "runs" / slug,
-                                           self.scratch / "multirun" / slug, error)
+                                           self.scratch / "multirun" / slug, error,
+                                           {"cpu_s": _cpu_s() - cpu_s, "wall_s": time.perf_counter() - wall_s})
+            (self.scratch / "timings.json").write_text(json.dumps(
+                {c: r.extra for c, r in self.results.items()}, indent=1))  # how long each command took
         return self.results[command]
 
     def ok(self, command: str) -> Result:
