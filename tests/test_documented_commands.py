@@ -247,8 +247,8 @@ class DocRunner:
         if "model" not in _set_keys(args):
             extra.insert(0, "model=tiny")
         cfg = _compose([a for a in args if _is_override(a)] + extra)
-        if cfg.hydra.sweeper.get("storage", "absent") is None:  # Optuna: a scratch study database
-            extra.append(f"hydra.sweeper.storage=sqlite:///{self.scratch / 'optuna.db'}")
+        if cfg.hydra.sweeper.get("storage", "absent") is None:  # Optuna: a fresh study database per command
+            extra.append(f"hydra.sweeper.storage=sqlite:///{self.scratch / f'optuna-{slug}.db'}")
         extra += [f"{k}={v}" for k, v in SIZES.items() if k not in _set_keys(args) and _has_key(cfg, k)]
         grid = "BasicSweeper" in str(cfg.hydra.sweeper.get("_target_"))  # Optuna: n_trials bounds the cost
         if grid and "eval" not in _set_keys(args) and cfg.hydra.runtime.choices.get("eval") == "default":
