@@ -194,12 +194,15 @@ def describe_check(check: Mapping[str, Any]) -> str:
         check.get("recommendation_correct"), "no verdict (a tie or a missing variant)")
     deg = (check.get("degradation") or {}).get("best_merge") or {}
     missing = [m["metric"] for m in deg.get("not_computed", [])]
-    cost = f"Best merge's mean degradation vs the specialists: {100 * deg['mean']:.1f}%." if deg.get("per_task") else ""
+    cost = [f"Best merge's mean degradation vs the specialists: {100 * deg['mean']:.1f}%."] if deg.get("per_task") else []
     if missing:
-        cost += f" Not computed: degradation on {', '.join(missing)} (not evaluated in this run)."
-    return (f"Measured on this run's merge: winner = {check.get('winner')} by {check.get('margin', float('nan')):.4f} "
-            f"aggregate (mixture {check.get('mixture_aggregate', float('nan')):.4f} vs best merge "
-            f"{check.get('best_merge')} {check.get('best_merge_aggregate', float('nan')):.4f}); {verdict}. {cost}").strip()
+        cost.append(f"Not computed: degradation on {', '.join(missing)} (not evaluated in this run).")
+    def num(key: str) -> str:  # None when a variant is missing (e.g. strategy=specialist has no mixture)
+        return "n/a" if check.get(key) is None else f"{check[key]:.4f}"
+
+    return " ".join([f"Measured on this run's merge: winner = {check.get('winner')} by {num('margin')} aggregate "
+                     f"(mixture {num('mixture_aggregate')} vs best merge {check.get('best_merge')} "
+                     f"{num('best_merge_aggregate')}); {verdict}.", *cost])
 
 
 def analyse_variants(cfg, run_dir: Path, base: BaseModel, variants: Sequence[Variant],
