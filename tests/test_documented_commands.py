@@ -233,7 +233,8 @@ class DocRunner:
         self.results: dict[str, Result] = {}
         self._placeholders: dict[str, str] = {}
 
-    def is_compose_only(self, command: str) -> bool:
+    @staticmethod
+    def is_compose_only(command: str) -> bool:
         return any(p.search(a) for a in shlex.split(command)[2:] for p in COMPOSE_ONLY)
 
     def argv_for(self, command: str, slug: str) -> list[str]:
@@ -354,7 +355,16 @@ def _id(c: DocCommand) -> str:
     return c.text.removeprefix("python run.py").strip() or "(no arguments)"
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c.text not in NOT_RUN], ids=_id)
+def _is_slow(c: DocCommand) -> bool:
+    """A multirun that really runs (9-15 jobs, or an Optuna study) or a report on the documented grid:
+    together several minutes of CPU on the tiny model, so `make test-slow` runs them; the demo's grid
+    stays in `make test` (the command issue 19 names)."""
+    sweep = c.args[:1] == ["-m"] and not DocRunner.is_compose_only(c.text) and "experiment=demo" not in c.args
+    return sweep or "DATE/TIME" in c.text or "strategy.sweep_dir=..." in c.args
+
+
+@pytest.mark.parametrize("command", [pytest.param(c, marks=[pytest.mark.slow] if _is_slow(c) else [])
+                                     for c in COMMANDS if c.text not in NOT_RUN], ids=_id)
 def test_documented_command_works_as_typed(runner, command):
     result = runner.ok(command.text)
     if runner.is_compose_only(command.text):  # composed by run.py above; now validated as a job would be
@@ -377,6 +387,7 @@ def test_demo_finishes_and_says_what_it_could_not_compute_and_where_the_verdict_
     assert f"python run.py strategy=report strategy.sweep_dir={result.sweep_dir}" in out.split("Sweep finished")[-1]
 
 
+@pytest.mark.slow  # runs the documented 15-job grid first
 def test_report_prints_the_sweep_verdict_and_what_the_paper_table_needs(runner):
     """The documented grid runs with eval=quick here, so the paper-style table says what it lacks (its
     rendering is tested on a constructed sweep in tests/strategy/test_report_strategy.py)."""
