@@ -3,6 +3,7 @@
     python run.py                                   # the default comparison on SmolLM2-135M
     python run.py model=tiny trainer.max_steps=5    # the same loop on a tiny model, in seconds
     python run.py -m merge=ties,dare,della merge.weight=0.3,0.5,0.7
+    python run.py strategy=report strategy.sweep_dir=outputs/multirun/DATE/TIME   # that sweep's tables and verdict
 """
 
 from pathlib import Path

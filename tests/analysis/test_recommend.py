@@ -112,3 +112,22 @@ def test_check_needs_a_task_metric_for_every_specialist():
 def test_relative_degradation_definition():
     assert relative_degradation(0.909, 0.927) == pytest.approx(-0.0198, abs=1e-4)  # merge beat specialist
     assert math.isnan(relative_degradation(0.0, 0.1))
+
+
+def test_check_names_what_it_could_not_compute_instead_of_failing():
+    """eval=quick computes the held-out loss only: the verdict stands, the degradation says what is missing."""
+    quick = {v: {"codesum/bleu4": m["codesum/bleu4"], "aggregate": m["aggregate"]}
+             for v, m in ((v, m.get("metrics", m)) for v, m in METRICS.items())}
+    quick["merged/ties"].pop("codesum/bleu4")
+    out = check_recommendation(Recommendation("mix", 0.8, ""), quick)
+    assert (out["winner"], out["best_merge"]) == ("merge", "merged/ties")
+    best = out["degradation"]["best_merge"]
+    assert best["per_task"] == {} and math.isnan(best["mean"])
+    assert [(m["task"], m["missing_for"]) for m in best["not_computed"]] == [
+        ("codegen", ["specialist/codegen", "merged/ties"]), ("codesum", ["merged/ties"])]
+    mix = out["degradation"]["mixture"]
+    assert mix["per_task"]["codesum"]["degradation"] == pytest.approx(0.1)  # (20 - 18) / 20
+    assert [m["task"] for m in mix["not_computed"]] == ["codegen"]
+    assert any("no best merge degradation on codegen: 'codegen/humaneval_pass@1' was not evaluated for "
+               "specialist/codegen and merged/ties" in n for n in out["notes"])
+    assert any("analysis.check.task_metrics.codesum" in n for n in out["notes"])

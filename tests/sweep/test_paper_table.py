@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from mixmerge.sweep.paper_table import average, degradation, paper_rows, paper_table
+from mixmerge.sweep.paper_table import average, degradation, paper_rows, paper_table, sweep_verdict
 
 REF = {"base/codegen/humaneval_pass@1": 0.20, "base/codegen/mbpp_pass@1": 0.30, "base/codesum/bleu4": 10.0,
        "specialist/codegen/codegen/humaneval_pass@1": 0.40, "specialist/codegen/codegen/mbpp_pass@1": 0.50,
@@ -58,3 +58,14 @@ def test_missing_metrics_show_a_dash_and_do_not_enter_the_average():
     lines = paper_table(rows).splitlines()
     assert lines[2] == "| Base | 20.0 | — | 10.0 | 15.0 | — |"
     assert lines[3] == "| TIES (w=0.5) | — | — | 12.0 | 12.0 | — |"
+
+
+def test_sweep_verdict_is_the_best_merge_of_all_jobs_against_the_mixture():
+    rows = [{"job": str(i), "method": m, "weight": w, "mixture/aggregate": -2.247, "merged/aggregate": a}
+            for i, (m, w, a) in enumerate([("ties", 0.3, -2.30), ("della", 0.5, -2.207), ("dare", 0.5, -2.248)])]
+    assert sweep_verdict(rows) == ("Sweep verdict over 3 merges: winner = merge by 0.0400 aggregate "
+                                   "(mixture -2.2470 vs best merge DELLA w=0.5, job 1, -2.2070).")
+    worse = [{**r, "merged/aggregate": r["merged/aggregate"] - 1} for r in rows]
+    assert sweep_verdict(worse).startswith("Sweep verdict over 3 merges: winner = mix by 0.9600 aggregate")
+    no_mix = [{k: v for k, v in r.items() if not k.startswith("mixture")} for r in rows]
+    assert sweep_verdict(no_mix) == "Sweep verdict: none; 3 jobs have merged/aggregate and no job has mixture/aggregate."

@@ -89,3 +89,15 @@ def test_adapter_finetunes_export_full_weights_and_the_adapter(tiny_base, codege
             assert not torch.equal(tensor, base[name]), name
         else:
             assert torch.equal(tensor, base[name]), name
+
+
+def test_progress_bar_counts_steps_under_the_models_name(tiny_base, codegen, tmp_path, capsys):
+    """With max_steps training the bar reads "specialist/codegen ... 3/3" (not "Epoch 0/-2"), metrics unprefixed."""
+    _train(tiny_base, codegen, tmp_path, trainer={**TRAINER, "max_steps": 3, "enable_progress_bar": True},
+           label="specialist/codegen")
+    out = capsys.readouterr().out
+    final = out.split("\r")[-1] if "\r" in out else out
+    bars = [line for line in out.replace("\r", "\n").splitlines() if line.startswith("specialist/codegen")]
+    assert bars and "3/3" in bars[-1] and "step" in bars[-1], final
+    assert "loss=" in bars[-1] and "tokens_per_s=" in bars[-1], bars[-1]
+    assert "Epoch" not in out and "specialist/codegen/" not in out and "v_num" not in out

@@ -128,20 +128,28 @@ def _metrics(entry: Mapping) -> Mapping[str, float]:
 
 
 def _degradation(variant: str, metrics: Mapping, specialists: Mapping[str, str], task_metrics: Mapping) -> dict:
-    per_task = {}
+    """Per-task degradation of ``variant``; a task whose metric one side lacks goes to ``not_computed``."""
+    per_task, not_computed = {}, []
     for task, spec_variant in specialists.items():
         key = task_metrics[task]
         spec, cand = metrics[spec_variant].get(key), metrics[variant].get(key)
         if spec is None or cand is None:
-            raise ValueError(
-                f"metric {key!r} is missing for {spec_variant!r} or {variant!r}; set "
-                f"analysis.check.task_metrics.{task} to a metric both were evaluated on"
-            )
+            lacking = [v for v, value in ((spec_variant, spec), (variant, cand)) if value is None]
+            not_computed.append({"task": task, "metric": key, "missing_for": lacking})
+            continue
         per_task[task] = {"metric": key, "specialist": spec, "variant": cand,
                           "degradation": relative_degradation(spec, cand)}
     finite = [t["degradation"] for t in per_task.values() if math.isfinite(t["degradation"])]
     mean = sum(finite) / len(finite) if finite else math.nan
-    return {"variant": variant, "per_task": per_task, "mean": mean, "retention": 1 - mean}
+    return {"variant": variant, "per_task": per_task, "not_computed": not_computed, "mean": mean,
+            "retention": 1 - mean}
+
+
+def _not_computed_notes(label: str, degradation: Mapping) -> list[str]:
+    """What the degradation of ``label`` could not be computed on, and the two ways to get it."""
+    return [f"no {label} degradation on {m['task']}: {m['metric']!r} was not evaluated for "
+            f"{' and '.join(m['missing_for'])} (an eval config that computes it, e.g. eval=default, or "
+            f"analysis.check.task_metrics.{m['task']}=<a metric both have>)" for m in degradation["not_computed"]]
 
 
 def check_recommendation(
@@ -166,7 +174,8 @@ def check_recommendation(
     d_t = (s_t − m_t) / s_t, where s_t is the specialist's score on its own task metric
     (``task_metrics[t]``, by default its row's headline metric in ``mixmerge.tasks``) and m_t the best merge's score on the same metric; the reported ``mean`` is the
     mean of d_t over tasks (0.04 = the merge retains 96%). Negative d_t means the merge beat the
-    specialist. The same figure is given for the mixture.
+    specialist. The same figure is given for the mixture. A task whose metric was not evaluated (e.g.
+    pass@1 under ``eval=quick``) is left out of the figure and named in ``notes``, so the verdict still stands.
     """
     metrics = {v: _metrics(m) for v, m in variant_metrics.items()}
     task_metrics = {**headline_metrics(), **dict(task_metrics or {})}
@@ -205,6 +214,8 @@ def check_recommendation(
             out["degradation"]["best_merge"] = _degradation(best, metrics, specialists, task_metrics)
         if mixture in metrics:
             out["degradation"]["mixture"] = _degradation(mixture, metrics, specialists, task_metrics)
+        for label, deg in out["degradation"].items():
+            out["notes"] += _not_computed_notes(label.replace("_", " "), deg)
     else:
         out["notes"].append(f"no specialists (variants named {specialist_prefix}<task>): no degradation figure")
     return out

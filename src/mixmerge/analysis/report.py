@@ -71,6 +71,8 @@ def render_analysis_report(
                 f"(margin {_fmt(check['margin'])}); {verdict}."
             )
         for label, deg in check.get("degradation", {}).items():
+            if not deg["per_task"]:
+                continue  # nothing computed: the notes below say why
             per = ", ".join(f"{t}: {_pct(d['degradation'])} on `{d['metric']}`" for t, d in deg["per_task"].items())
             lines.append(f"- Degradation of the {label.replace('_', ' ')} (`{deg['variant']}`) relative to the "
                          f"specialists: mean {_pct(deg['mean'])} (retains {_pct(deg['retention'])}); {per}.")

@@ -52,14 +52,22 @@ def write_results(cfg, run_dir: Path, results: Mapping[str, Mapping], caption: s
 
 
 def describe_check(check: Mapping[str, Any]) -> str:
-    """One paragraph: what won on the aggregate, by how much, and what merging cost relative to the specialists."""
+    """One paragraph on this run's merge(s): what won on the aggregate, by how much, what merging cost
+    relative to the specialists, and which of those figures could not be computed."""
     verdict = {True: "the recommendation was right", False: "the recommendation was wrong"}.get(
         check.get("recommendation_correct"), "no verdict (a tie or a missing variant)")
     deg = (check.get("degradation") or {}).get("best_merge") or {}
-    return (f"Measured: winner = {check.get('winner')} by {check.get('margin', float('nan')):.4f} aggregate "
-            f"(mixture {check.get('mixture_aggregate', float('nan')):.4f} vs best merge "
-            f"{check.get('best_merge')} {check.get('best_merge_aggregate', float('nan')):.4f}); {verdict}. "
-            f"Best merge's mean degradation vs the specialists: {100 * deg.get('mean', float('nan')):.1f}%.")
+    missing = [m["metric"] for m in deg.get("not_computed", [])]
+    cost = [f"Best merge's mean degradation vs the specialists: {100 * deg['mean']:.1f}%."] if deg.get("per_task") else []
+    if missing:
+        cost.append(f"Not computed: degradation on {', '.join(missing)} (not evaluated in this run).")
+
+    def num(key: str) -> str:  # None when a variant is missing (e.g. strategy=specialist has no mixture)
+        return "n/a" if check.get(key) is None else f"{check[key]:.4f}"
+
+    return " ".join([f"Measured on this run's merge: winner = {check.get('winner')} by {num('margin')} aggregate "
+                     f"(mixture {num('mixture_aggregate')} vs best merge {check.get('best_merge')} "
+                     f"{num('best_merge_aggregate')}); {verdict}.", *cost])
 
 
 def analyse_variants(cfg, run_dir: Path, base: BaseModel, variants: Sequence[Variant],

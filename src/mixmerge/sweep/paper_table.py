@@ -3,7 +3,8 @@
 Input: the rows of ``mixmerge.sweep.report.collect_metrics`` (one per job; ``<variant>/<task>/<metric>``
 columns, ``method`` and ``weight`` of the merge). Columns: HumanEval and MBPP pass@1 (%), CodeXGLUE
 smoothed BLEU-4, their average, and the mean relative degradation vs the specialists (each column against
-the specialist of its task: codegen for HumanEval/MBPP, codesum for BLEU). Pure: rows in, markdown out.
+the specialist of its task: codegen for HumanEval/MBPP, codesum for BLEU). ``sweep_verdict`` answers the
+study's question for the whole sweep: its best merge against the mixture. Pure: rows in, text out.
 """
 
 from __future__ import annotations
@@ -110,3 +111,21 @@ def paper_table(rows: Sequence[Mapping[str, Any]], *, merged_variant: str = "mer
         cells = [fmt(entry["scores"].get(c)) for c in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {fmt(entry['average'])} | {fmt(entry['degradation'])} |")
     return "\n".join(lines)
+
+
+def sweep_verdict(rows: Sequence[Mapping[str, Any]], metric: str = "aggregate", *,
+                  merged_variant: str = "merged", mixture: str = "mixture") -> str:
+    """One line: the best merge over every job of the sweep against the mixture on ``metric`` (higher is
+    better), i.e. the sweep-level answer that each job's own check, about its single merge, cannot give."""
+    merges = [(v, r) for r in rows if (v := _number(r.get(f"{merged_variant}/{metric}"))) is not None]
+    mix = next((v for r in rows if (v := _number(r.get(f"{mixture}/{metric}"))) is not None), None)
+    if not merges or mix is None:
+        return (f"Sweep verdict: none; {len(merges)} jobs have {merged_variant}/{metric} and "
+                f"{'a' if mix is not None else 'no'} job has {mixture}/{metric}.")
+    best_value, best = max(merges, key=lambda m: m[0])
+    diff = mix - best_value
+    winner = "mix" if diff > 0 else "merge" if diff < 0 else "tie"
+    name = METHOD_NAMES.get(best.get("method"), str(best.get("method")))
+    weight = f" w={best['weight']:g}" if _number(best.get("weight")) is not None else ""
+    return (f"Sweep verdict over {len(merges)} merge{'s' * (len(merges) != 1)}: winner = {winner} by {abs(diff):.4f} {metric} "
+            f"(mixture {mix:.4f} vs best merge {name}{weight}, job {best.get('job')}, {best_value:.4f}).")

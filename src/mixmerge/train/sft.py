@@ -17,6 +17,7 @@ from mixmerge.data.example import Example
 from mixmerge.models import load_tokenizer
 from mixmerge.train.adapters import export_model, prepare_model
 from mixmerge.train.module import SFTModule
+from mixmerge.train.progress import StepProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ def train_model(base_path: Path, *, train: Sequence[Example], val: Sequence[Exam
     resume = str(last) if last.is_file() else None
     if resume:
         log.info("%s: resuming from %s", label, last)
+    if trainer_cfg["enable_progress_bar"]:
+        callbacks = [*callbacks, StepProgressBar(label)]
     trainer = build_trainer(trainer_cfg, finetune, ckpt_dir=ckpt_dir, loggers=loggers, callbacks=callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     changed = export_model(module.model, finetune, base_path, out_dir, tokenizer, dtype=model_cfg["dtype"])
