@@ -30,8 +30,7 @@ from typing import Any
 
 from filelock import FileLock
 
-# write_json_atomic lives in mixmerge.files; still importable from here for merge/engine.py until it switches.
-from mixmerge.files import write_json_atomic
+from mixmerge.files import publish_folder, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -243,12 +242,6 @@ class ArtifactStore:
             }
             write_json_atomic(work / MANIFEST, manifest)
             final = self.path_for(kind, key)
-            old = final.with_name(f".{final.name}.old") if final.exists() else None
-            if old is not None:  # refresh: swap the new artifact in, then drop the old one
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-            os.replace(work, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            publish_folder(work, final)  # a refresh swaps the new artifact in as a whole, then drops the old
             log.info("built %s %s in %.1f s -> %s", label, key, manifest["build_seconds"], final)
             return Artifact(kind, key, final, manifest, reused=False)

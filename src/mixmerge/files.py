@@ -1,4 +1,4 @@
-"""Atomic file writes: every result file is written to a temporary name beside it and renamed into place.
+"""Atomic writes: every result file or folder is written to a temporary name beside it and renamed into place.
 
 A reader (a sweep report, a resumed run, a second job sharing the cache) therefore sees the old file or the
 new one, never half a file. The temporary name is unique per call, so two writers never share one.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -55,3 +57,48 @@ def save_figure_atomic(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any)
     """A matplotlib figure into ``path``; the format follows the suffix unless ``format=`` is given."""
     fmt = savefig_kwargs.pop("format", None) or Path(path).suffix.lstrip(".") or None
     return _replace_with(path, lambda tmp: fig.savefig(tmp, format=fmt, **savefig_kwargs))
+
+
+# Folders (a merged model, a cached artifact) are built in a hidden sibling and renamed into place as a whole.
+def _hidden_sibling(out: Path, role: str) -> Path:
+    """``.<name>.<role>-<pid>-<random>`` next to ``out``: the pid tells a killed writer's leftovers from a
+    running one's (``stale_folder_temporaries``)."""
+    return out.parent / f".{out.name}.{role}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def stale_folder_temporaries(out: Path) -> list[tuple[Path, int | None]]:
+    """The hidden temporary and replaced folders of writes into ``out``, each with its writer's pid (None
+    for names without one)."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(?:tmp|old)-(?:(\d+)-)?[0-9a-f]{{8}}$")
+    found = []
+    for p in out.parent.iterdir():
+        m = pattern.match(p.name)
+        if m and p.is_dir() and not p.is_symlink():
+            found.append((p, int(m.group(1)) if m.group(1) else None))
+    return found
+
+
+def temp_folder_beside(out: Path) -> Path:
+    """A new hidden folder next to ``out`` to build it in (``publish_folder`` moves it into place)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _hidden_sibling(out, "tmp")
+    tmp.mkdir()
+    return tmp
+
+
+def publish_folder(tmp: Path, out: Path) -> None:
+    """Move a finished folder into place; an older folder at ``out`` is replaced as a whole."""
+    out = Path(out)
+    old = None
+    if out.exists() or out.is_symlink():
+        old = _hidden_sibling(out, "old")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None and old.is_symlink():
+        old.unlink()
+    elif old is not None:
+        shutil.rmtree(old, ignore_errors=True)

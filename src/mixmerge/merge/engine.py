@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mixmerge.cache import write_json_atomic
+from mixmerge.files import publish_folder, temp_folder_beside, write_json_atomic
 from mixmerge.merge import fast_gta
 from mixmerge.merge import fused as F
 from mixmerge.merge import validate as V
@@ -37,8 +37,6 @@ from mixmerge.merge.io import (
     copy_side_files,
     is_adapter_folder,
     open_source,
-    publish_atomic,
-    temp_sibling,
     torch_dtype,
     torch_name,
 )
@@ -108,7 +106,7 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
         is_float = base_src.dtype_str(name) in FLOAT_DTYPES
         entries.append((name, shapes[name], out_dtype if is_float else base_src.dtype_str(name)))
     out = Path(out)
-    tmp = temp_sibling(out)
+    tmp = temp_folder_beside(out)
     per_tensor: dict[str, dict[str, float]] = {}
     check_finite = params.check_finite
     # Without sparsification a NaN/Inf in any input reaches the output (0 * NaN is NaN), so checking the
@@ -150,7 +148,7 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
             "peak_rss_bytes": peak_rss_bytes(),
         }
         write_json_atomic(tmp / REPORT, report)
-        publish_atomic(tmp, out)
+        publish_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from mixmerge.merge.io import WEIGHTS_FILE, publish_atomic, temp_sibling
+from mixmerge.files import publish_folder, temp_folder_beside
+from mixmerge.merge.io import WEIGHTS_FILE
 
 
 def compute_diagonal_fisher(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -50,7 +51,7 @@ def compute_diagonal_fisher(model: torch.nn.Module, batches: Iterable[Mapping[st
 
 def save_fisher(fisher: Mapping[str, torch.Tensor], out: str | os.PathLike) -> Path:
     """Write a Fisher dict as ``out/model.safetensors`` (atomic), readable by ``merge.fisher_paths``."""
-    tmp = temp_sibling(Path(out))
+    tmp = temp_folder_beside(Path(out))
     save_file({n: t.detach().contiguous().cpu() for n, t in fisher.items()}, str(tmp / WEIGHTS_FILE))
-    publish_atomic(tmp, Path(out))
+    publish_folder(tmp, Path(out))
     return Path(out)

@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import re
 import shutil
 import struct
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -469,47 +467,3 @@ def copy_side_files(src: Path, out_dir: Path) -> list[str]:
             shutil.copy2(p, out_dir / p.name)
             copied.append(p.name)
     return copied
-
-
-def _hidden_sibling(out: Path, role: str) -> Path:
-    """``.<name>.<role>-<pid>-<random>`` next to ``out``: the pid tells a killed writer's leftovers from a
-    running one's (``stale_siblings``)."""
-    return out.parent / f".{out.name}.{role}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def stale_siblings(out: Path) -> list[tuple[Path, int | None]]:
-    """The hidden temporary and replaced folders of writes into ``out``, each with its writer's pid (None
-    for names without one)."""
-    out = Path(out)
-    if not out.parent.is_dir():
-        return []
-    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(?:tmp|old)-(?:(\d+)-)?[0-9a-f]{{8}}$")
-    found = []
-    for p in out.parent.iterdir():
-        m = pattern.match(p.name)
-        if m and p.is_dir() and not p.is_symlink():
-            found.append((p, int(m.group(1)) if m.group(1) else None))
-    return found
-
-
-def temp_sibling(out: Path) -> Path:
-    """A new hidden folder next to ``out`` to build it in (``publish_atomic`` moves it into place)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _hidden_sibling(out, "tmp")
-    tmp.mkdir()
-    return tmp
-
-
-def publish_atomic(tmp: Path, out: Path) -> None:
-    """Move a finished folder into place; an older folder at ``out`` is replaced as a whole."""
-    out = Path(out)
-    old = None
-    if out.exists() or out.is_symlink():
-        old = _hidden_sibling(out, "old")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None and old.is_symlink():
-        old.unlink()
-    elif old is not None:
-        shutil.rmtree(old, ignore_errors=True)

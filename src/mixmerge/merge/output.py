@@ -1,6 +1,6 @@
 """Where a merge may write: ``merge.output`` checked before any work, and what a killed merge left behind.
 
-A merge replaces its output folder as a whole (``io.publish_atomic``), so an output that names an input,
+A merge replaces its output folder as a whole (``files.publish_folder``), so an output that names an input,
 the folder that holds the inputs, or someone's files would delete them. Refused: an output that equals,
 contains or lies inside an input (symlinks resolved), a file, and a non-empty folder that is not an
 earlier merge's output (no ``merge_report.json``) unless ``merge.overwrite=true``.
@@ -13,7 +13,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from mixmerge.merge.io import REPORT, stale_siblings
+from mixmerge.files import stale_folder_temporaries
+from mixmerge.merge.io import REPORT
 
 
 def check_output(out: Path, inputs: Sequence[tuple[str, Path]], *, overwrite: bool = False) -> None:
@@ -47,7 +48,7 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
     """Delete the hidden ``.<name>.tmp-*`` / ``.<name>.old-*`` folders that merges into ``out`` left when
     killed (their process is gone); a running merge's are kept. Returns what was removed."""
     removed = []
-    for path, pid in stale_siblings(Path(out)):
+    for path, pid in stale_folder_temporaries(Path(out)):
         if pid is not None and _alive(pid):
             continue
         shutil.rmtree(path, ignore_errors=True)
