@@ -74,10 +74,10 @@ class _StepTimer(L.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-def lightning_loop(model, batches, steps: int) -> float:
+def lightning_loop(model, batches, steps: int, precision: str = "32-true") -> float:
     module = SFTModule(model, FINETUNE, total_steps=steps)
     timer = _StepTimer()
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=steps + 1, logger=False,
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, max_steps=steps + 1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         gradient_clip_val=FINETUNE["grad_clip"], callbacks=[timer], num_sanity_val_steps=0)
     loader = torch.utils.data.DataLoader(batches[: steps + 1], batch_size=None, shuffle=False)

@@ -1,0 +1,31 @@
+"""``trainer.precision=auto``: bf16 only where the hardware computes it natively."""
+
+from __future__ import annotations
+
+import pytest
+
+from mixmerge.models.precision import compute_dtype_name, cpu_flags, resolve_precision
+
+AVX2_ONLY = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n"
+SAPPHIRE = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+
+
+def test_flags_are_read_from_cpuinfo():
+    assert "avx2" in cpu_flags(AVX2_ONLY) and "avx512_bf16" not in cpu_flags(AVX2_ONLY)
+    assert cpu_flags("") == frozenset()
+
+
+def test_auto_picks_bf16_only_on_cpus_that_do_it_natively():
+    chosen, why = resolve_precision("auto", accelerator="cpu", flags=cpu_flags(SAPPHIRE))
+    assert chosen == "bf16-mixed" and "avx512_bf16" in why
+    chosen, why = resolve_precision("auto", accelerator="cpu", flags=cpu_flags(AVX2_ONLY))
+    assert chosen == "32-true" and "emulated" in why
+    assert resolve_precision("auto", accelerator="gpu", cuda_bf16=True)[0] == "bf16-mixed"
+    assert resolve_precision("auto", accelerator="gpu", cuda_bf16=False)[0] == "32-true"
+
+
+def test_an_explicit_precision_is_kept_and_a_wrong_one_named():
+    assert resolve_precision("32-true", accelerator="cpu", flags=cpu_flags(SAPPHIRE)) == ("32-true", "as configured")
+    with pytest.raises(ValueError, match="trainer.precision='bf17'.*auto"):
+        resolve_precision("bf17", accelerator="cpu")
+    assert compute_dtype_name("bf16-mixed") == "bfloat16" and compute_dtype_name("32-true") == "float32"
