@@ -39,5 +39,5 @@ def test_a_new_sparsifier_is_a_kernel_and_two_rows(monkeypatch, tiny_base, speci
     want = b + sum(0.5 * (m.get(name).float() - b).clamp(min=0) for m in models)
     torch.testing.assert_close(out.get(name).float(), want, rtol=0, atol=1e-6)
     merger = InMemoryMerger(tiny_base, specialists)
-    in_memory = dict((n, t) for n, t, _ in merger.merged_tensors(resolve_params(cfg, 2)))
+    in_memory = {n: t for n, t, _ in merger.merged_tensors(resolve_params(cfg, 2))}
     torch.testing.assert_close(in_memory[name], want, rtol=0, atol=1e-6)
