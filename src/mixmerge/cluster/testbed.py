@@ -113,6 +113,21 @@ def _kill_pidfile(pidfile: Path, timeout_s: float = 10.0) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def _open_path_to(folder: Path) -> None:
+    """Let a daemon running as another user (munge, postgres) traverse the folders down to ``folder``
+    (pytest's and mktemp's folders are 0700)."""
+    for p in [folder, *folder.parents]:
+        if p == Path("/"):
+            break
+        p.chmod(p.stat().st_mode | 0o011)
+
+
+def _run_checked(cmd: list[str], what: str, **kwargs) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        raise Unavailable(f"{what} failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-800:]}")
+
+
 # -- Slurm ---------------------------------------------------------------------------------------------------
 @dataclass
 class SlurmCluster:
@@ -189,6 +204,7 @@ def start_slurm(root: Path, *, partition: str = "debug", cpus: int | None = None
     # munged runs as the key's owner (Debian: user munge) and insists its folders belong to it.
     owner = pwd.getpwuid(key.stat().st_uid)
     (root / "munge").chmod(0o755)
+    _open_path_to(root / "munge")
     os.chown(root / "munge", owner.pw_uid, owner.pw_gid)
     munged = shutil.which("munged") or "/usr/sbin/munged"
     cmd = [munged, f"--socket={munge_socket}", f"--pid-file={root / 'munge' / 'munged.pid'}",
@@ -196,12 +212,12 @@ def start_slurm(root: Path, *, partition: str = "debug", cpus: int | None = None
            "--force"]
     if os.geteuid() == 0 and owner.pw_uid != 0:
         cmd = ["runuser", "-u", owner.pw_name, "--", *cmd]
-    subprocess.run(cmd, check=True, capture_output=True)
+    _run_checked(cmd, "munged")
     _wait(lambda: munge_socket.exists(), 15, "munged", root / "munge" / "munged.log")
     (root / "munged.pid").write_text((root / "munge" / "munged.pid").read_text())
     env = {**os.environ, "SLURM_CONF": str(conf)}
-    subprocess.run([shutil.which("slurmctld") or "/usr/sbin/slurmctld", "-f", str(conf)], env=env, check=True)
-    subprocess.run([shutil.which("slurmd") or "/usr/sbin/slurmd", "-f", str(conf)], env=env, check=True)
+    _run_checked([shutil.which("slurmctld") or "/usr/sbin/slurmctld", "-f", str(conf)], "slurmctld", env=env)
+    _run_checked([shutil.which("slurmd") or "/usr/sbin/slurmd", "-f", str(conf)], "slurmd", env=env)
 
     def node_idle() -> bool:
         out = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True).stdout
@@ -250,10 +266,7 @@ def start_postgres(root: Path) -> PostgresServer:
         except KeyError as e:
             raise Unavailable("running as root and there is no 'postgres' user to run the server as") from e
         pw = pwd.getpwnam(user)
-        for p in [root, *root.parents]:  # the server user must reach its data folder
-            if p == Path("/"):
-                break
-            p.chmod(p.stat().st_mode | 0o011)
+        _open_path_to(root)
         os.chown(root, pw.pw_uid, pw.pw_gid)
     server = PostgresServer(str(root), free_port(), user, 0.0)
     run = lambda cmd: subprocess.run(server._as_owner(cmd), capture_output=True, text=True)  # noqa: E731

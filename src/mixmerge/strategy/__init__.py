@@ -14,6 +14,8 @@ STRATEGIES: dict[str, str] = {
     "analyze": "mixmerge.strategy.analyze:run",
     "rounds": "mixmerge.strategy.rounds:run",
     "report": "mixmerge.strategy.report:run",
+    "prepare": "mixmerge.strategy.prepare:run",
+    "plan": "mixmerge.strategy.plan:run",
 }
 
 
