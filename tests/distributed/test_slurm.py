@@ -44,6 +44,10 @@ def test_grid_on_slurm_trains_first_then_equals_the_local_grid(slurm_cluster, tm
         assert "cache miss: building specialist" not in run_log and "cache miss: building mixture" not in run_log
         assert "cache hit: specialist/codegen" in run_log
     assert list((sweep / ".submitit").glob("*/*_log.out"))
+    # The jobs evaluated the shared base/specialists/mixture concurrently: each evaluation built once.
+    logs = [(sweep / str(i) / "run.log").read_text() for i in range(4)]
+    for label in ("evaluation of base", "evaluation of specialist/codegen", "evaluation of mixture"):
+        assert sum(f"cache miss: building {label} " in text for text in logs) == 1, label
     on_slurm = _merged(sweep)
     assert len(on_slurm) == 4 and len({json.dumps(v, sort_keys=True) for v in on_slurm.values()}) == 4
 
@@ -69,6 +73,47 @@ def test_a_failing_job_is_reported_with_its_log(slurm_cluster, tmp_path):
     assert "merge.density" in log.split("failed on the cluster")[1][:800]
     assert "Slurm log: " in log and "last lines:" in log
     assert (sweep / "0" / "metrics.json").is_file()  # the good job still ran
+
+
+def _build_once(root: str, log: str) -> tuple[str, bool]:
+    """One Slurm job: get-or-build the same artifact as its siblings; the build is slow and logs itself."""
+    import os
+    import time
+    from pathlib import Path
+
+    from mixmerge.cache import ArtifactStore
+
+    def build(work: Path) -> dict:
+        with open(log, "a") as f:
+            f.write(f"{os.environ.get('SLURM_JOB_ID')} start {time.time()}\n")
+        (work / "weights.bin").write_bytes(b"x" * 1000)
+        time.sleep(3)
+        with open(log, "a") as f:
+            f.write(f"{os.environ.get('SLURM_JOB_ID')} end {time.time()}\n")
+        return {"builder": os.environ.get("SLURM_JOB_ID")}
+
+    art = ArtifactStore(root).get_or_build("specialist", {"task": "shared"}, build)
+    assert (art.path / "weights.bin").stat().st_size == 1000
+    return str(art.path), art.reused
+
+
+def test_concurrent_jobs_build_a_shared_artifact_once(slurm_cluster, tmp_path, monkeypatch):
+    """Four Slurm jobs ask the shared cache for one artifact at once: one builds it under the file lock,
+    the others wait and reuse it; nothing half-built is ever seen (atomic rename)."""
+    import submitit
+
+    for k, v in slurm_cluster.env.items():
+        monkeypatch.setenv(k, v)
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
+    executor.update_parameters(slurm_cpus_per_task=1, slurm_mem="500M", timeout_min=5)
+    log = tmp_path / "builds.log"
+    jobs = executor.map_array(_build_once, [str(tmp_path / "cache")] * 4, [str(log)] * 4)
+    results = [j.result() for j in jobs]
+    assert len({path for path, _ in results}) == 1
+    assert sorted(reused for _, reused in results) == [False, True, True, True]
+    lines = log.read_text().split()
+    assert lines.count("start") == 1 and lines.count("end") == 1
+    assert not list((tmp_path / "cache" / "specialist").glob(".*.partial"))
 
 
 def test_squeue_sees_the_test_cluster(slurm_cluster):

@@ -58,7 +58,7 @@ def test_estimates_use_seconds_per_step_on_the_same_base(tmp_path):
         write_json_atomic(tmp_path / "specialist" / key / "manifest.json",
                           {"build_seconds": seconds, "steps": steps, "inputs": {"base": base}})
     est, basis = estimate_seconds(store, "specialist", {"trainer": {"max_steps": 100}}, {"base": "B1"})
-    assert est == pytest.approx(400.0) and "4.00 s/step x 100 steps (2 measured, same base)" == basis
+    assert est == pytest.approx(400.0) and basis == "4.00 s/step x 100 steps (2 measured, same base)"
     est, basis = estimate_seconds(store, "merged", {}, {"base": "B1"})
     assert est is None and basis == "no measurement in the cache"
     text = format_plan([PlannedItem("specialist", "k1", "specialist/x", False, est, basis),

@@ -48,7 +48,7 @@ def training_signature(cfg: Any) -> str | None:
 
 def prepare_overrides(overrides: Sequence[str], signature: str, n: int) -> list[str]:
     """The job's overrides with the strategy replaced by ``prepare`` for the variants it needs."""
-    kept = [o for o in overrides if not o.lstrip("+~").split("=")[0].split(".")[0] == "strategy"]
+    kept = [o for o in overrides if o.lstrip("+~").split("=")[0].split(".")[0] != "strategy"]
     variants = ",".join(json.loads(signature)["variants"])
     return [*kept, "strategy=prepare", f"strategy.variants=[{variants}]", f"hydra.sweep.subdir=prepare_{n}"]
 
@@ -82,10 +82,14 @@ class StagedSlurmLauncher(SlurmLauncher):
         return self._executor().map_array(self, *zip(*args, strict=True))
 
     def _queued(self, job_ids: list[str]) -> set[str]:
-        """Job ids squeue still knows (pending, running, completing); an empty set when squeue fails."""
-        proc = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True,
+        """Those of ``job_ids`` that squeue still lists (pending, running, completing); all of them when
+        squeue itself fails (a busy controller is no proof that a job died). ``-r`` lists pending array
+        elements one per line (``12_3``, not ``12_[3-5]``); no ``-j``: squeue rejects ids it has forgotten."""
+        import getpass
+
+        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-u", getpass.getuser()], capture_output=True,
                               text=True)
-        return set(proc.stdout.split()) if proc.returncode == 0 else set(job_ids)
+        return set(proc.stdout.split()) & set(job_ids) if proc.returncode == 0 else set(job_ids)
 
     def _wait(self, jobs: list[Any], labels: list[str]) -> list[Any]:
         """Each job's result (a JobReturn) or the exception that says why it has none."""

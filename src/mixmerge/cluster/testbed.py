@@ -15,6 +15,7 @@ unavailable: the mixmerge launcher watches ``squeue`` instead (see hydra_plugins
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pwd
@@ -145,9 +146,41 @@ class SlurmCluster:
         return {"SLURM_CONF": self.conf}
 
     def stop(self) -> None:
+        """Cancel every job, stop the daemons, then end any job step left behind (its script runs from
+        this cluster's spool folder), so no process of the test cluster outlives it."""
         root = Path(self.root)
+        env = {**os.environ, **self.env}
+        subprocess.run(["scancel", "--full", "-u", pwd.getpwuid(os.geteuid()).pw_name], env=env,
+                       capture_output=True)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            out = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True)
+            if out.returncode != 0 or not out.stdout.strip():
+                break
+            time.sleep(0.5)
         for name in ("slurmd.pid", "slurmctld.pid", "munged.pid"):
             _kill_pidfile(root / name)
+        for pid in _job_processes(root):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _job_processes(root: Path) -> list[int]:
+    """Processes of jobs of the cluster in ``root``: job scripts run from its spool folder (their command
+    line names it) and the slurmstepd parents that watch them."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if str(root) not in cmdline:
+                continue
+            pid = int(proc.name)
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = Path(f"/proc/{ppid}/comm").read_text().strip()
+        except (OSError, ValueError, IndexError):
+            continue
+        pids += [pid, ppid] if parent == "slurmstepd" else [pid]
+    return [p for p in dict.fromkeys(pids) if p != os.getpid()]
 
 
 SLURM_CONF = """\

@@ -13,6 +13,7 @@ costs the median of its kind on the same base, per step for training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import statistics
@@ -129,8 +130,14 @@ def plan_compare(cfg: Mapping[str, Any], store: PlanningStore, tracker) -> list[
     """The compare strategy's stages with ``store`` recording; returns the planned items in order."""
     from mixmerge.data import load_tasks
     from mixmerge.models import resolve_base_model
-    from mixmerge.pipeline import (Variant, ensure_evaluation, ensure_merged, ensure_mixture, ensure_specialist,
-                                   merged_in_memory)
+    from mixmerge.pipeline import (
+        Variant,
+        ensure_evaluation,
+        ensure_merged,
+        ensure_mixture,
+        ensure_specialist,
+        merged_in_memory,
+    )
 
     want = set(cfg["strategy"]["variants"])
     base = resolve_base_model(cfg["model"], store)
@@ -152,10 +159,8 @@ def plan_compare(cfg: Mapping[str, Any], store: PlanningStore, tracker) -> list[
         variants.append((merged_in_memory if in_memory else ensure_merged)(cfg, store, base, specialists))
     if cfg["eval"].get("enabled", True):
         for v in variants:
-            try:
+            with contextlib.suppress(NotBuilt):
                 ensure_evaluation(cfg, store, v, tasks)
-            except NotBuilt:
-                pass
     return store.items
 
 
