@@ -31,7 +31,7 @@ def test_grid_on_slurm_trains_first_then_equals_the_local_grid(slurm_cluster, tm
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     # Stage 1: one training job, before any merge job; it says where it trained what.
-    assert log.count("Stage 1/2: training specialists + mixture for 4 job(s) as Slurm job") == 1, log[-3000:]
+    assert log.count("Stage 1/2: training mixture + specialists for 4 job(s) as Slurm job") == 1, log[-3000:]
     m = re.search(r"Stage 1/2 done in \d+ s: Slurm job (\d+) on (\S+) trained (.*); already cached: nothing", log)
     assert m and "specialist/codegen" in m.group(3) and "mixture" in m.group(3), log[-3000:]
     prepared = json.loads((sweep / "prepare_0" / "prepared.json").read_text())

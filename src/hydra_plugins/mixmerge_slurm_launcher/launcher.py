@@ -94,6 +94,20 @@ class StagedSlurmLauncher(SlurmLauncher):
     def _wait(self, jobs: list[Any], labels: list[str]) -> list[Any]:
         """Each job's result (a JobReturn) or the exception that says why it has none."""
         out: dict[int, Any] = {}
+        try:
+            self._poll(jobs, out)
+        except BaseException:  # Ctrl-C or a crash here: do not leave the cluster running orphaned jobs
+            for i, job in enumerate(jobs):
+                if i not in out:
+                    job.cancel(check=False)
+            raise
+        for i, job in enumerate(jobs):
+            if isinstance(out[i], Exception) or (isinstance(out[i], JobReturn)
+                                                 and out[i].status == JobStatus.FAILED):
+                self._report_failure(job, labels[i], out[i])
+        return [out[i] for i in range(len(jobs))]
+
+    def _poll(self, jobs: list[Any], out: dict[int, Any]) -> None:
         gone_since: dict[int, float] = {}
         while len(out) < len(jobs):
             pending = [i for i in range(len(jobs)) if i not in out]
@@ -112,11 +126,6 @@ class StagedSlurmLauncher(SlurmLauncher):
                                               f"memory or time, node lost)")
             if len(out) < len(jobs):
                 time.sleep(self.poll_s)
-        for i, job in enumerate(jobs):
-            if isinstance(out[i], Exception) or (isinstance(out[i], JobReturn)
-                                                 and out[i].status == JobStatus.FAILED):
-                self._report_failure(job, labels[i], out[i])
-        return [out[i] for i in range(len(jobs))]
 
     def _report_failure(self, job: Any, label: str, result: Any) -> None:
         error = result if isinstance(result, Exception) else result._return_value
@@ -125,7 +134,8 @@ class StagedSlurmLauncher(SlurmLauncher):
             if path.exists() and path.stat().st_size:
                 tail = "\n    ".join(path.read_text(errors="replace").splitlines()[-15:])
                 break
-        where = getattr(result, "working_dir", None)
+        where = OmegaConf.select(result.hydra_cfg, "hydra.runtime.output_dir") \
+            if isinstance(result, JobReturn) and result.hydra_cfg is not None else None
         log.error("Job %s failed on the cluster (Slurm job %s): %s: %s\n  Slurm log: %s\n  run dir: %s\n  "
                   "last lines:\n    %s", label, job.job_id, type(error).__name__, str(error)[-500:],
                   job.paths.stderr, where or "(none)", tail)
