@@ -69,9 +69,9 @@ def test_a_failing_job_is_reported_with_its_log(slurm_cluster, tmp_path):
                   f"cache.root={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", env=slurm_cluster.env)
     assert proc.returncode != 0
     log = proc.stdout + proc.stderr
-    assert re.search(r"Job #1 \([^)]*merge.density=1.5[^)]*\) failed on the cluster \(Slurm job \d+\)", log), log[-3000:]
+    assert re.search(r"Job #1 \([^)]*merge.density=1.5[^)]*\) failed on the cluster \(Slurm job [\d_]+\)", log), log[-3000:]
     assert "merge.density" in log.split("failed on the cluster")[1][:800]
-    assert "Slurm log: " in log and "last lines:" in log
+    assert "Slurm log: " in log and "last lines:" in log and f"run dir: {sweep / '1'}" in log
     assert (sweep / "0" / "metrics.json").is_file()  # the good job still ran
 
 
