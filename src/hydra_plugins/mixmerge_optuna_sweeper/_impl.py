@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from mixmerge.sweep import study as st
 from .config import PromotionConfig
 
 log = logging.getLogger(__name__)
+# The sweeper records heartbeats itself (OptunaSweeperImpl._heartbeat) around ask/tell, not Study.optimize.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def spec_from_override(override: Override) -> sp.ParamSpec | None:

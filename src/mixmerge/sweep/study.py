@@ -18,6 +18,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,9 @@ def open_storage(url: str, *, heartbeat_interval_s: int | None = None, grace_per
         heartbeat = {"heartbeat_interval": int(heartbeat_interval_s),
                      "grace_period": int(grace_period_s or 3 * int(heartbeat_interval_s)),
                      "heartbeat_stale_trial_callback": retry_callback(max_retry)}
+    if heartbeat:  # Optuna flags heartbeats as experimental; the sweeper relies on them knowingly
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning,
+                                message=".*heartbeat.*")
     path = _sqlite_path(url)
     if path is None:
         for attempt in range(3):  # a server database: the first two workers may race on the schema
@@ -157,8 +161,6 @@ def fail_orphaned_trials(study: optuna.Study, stale_after_s: float | None = None
 def fail_stale_trials(study: optuna.Study) -> list[int]:
     """Fail RUNNING trials whose heartbeat stopped (their worker was killed) and re-queue them through the
     storage's callback; return the numbers failed. Nothing happens without a heartbeat."""
-    import warnings
-
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
