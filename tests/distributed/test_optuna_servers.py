@@ -63,9 +63,12 @@ def _jobs_run(*sweeps, skip=None) -> list[dict]:
 
 def _same_runs(jobs: list[dict], trials) -> bool:
     """The finished jobs are exactly the complete trials: each trial's parameters in exactly one job."""
+    def as_passed(v):  # the sweeper passes floats rounded to 10 digits on the command line
+        return round(v, 10) if isinstance(v, float) else v
+
     keys = sorted(trials[0].params)
     ran = sorted(json.dumps([j[k.split(".", 1)[1]] for k in keys]) for j in jobs)
-    return ran == sorted(json.dumps([t.params[k] for k in keys]) for t in trials)
+    return ran == sorted(json.dumps([as_passed(t.params[k]) for k in keys]) for t in trials)
 
 
 def _wait(proc, log, timeout_s: float = 900) -> None:
