@@ -234,6 +234,8 @@ class OptunaSweeperImpl(Sweeper):
                 trial = st.ask_trial(study, n_trials)
                 if trial is None:
                     break
+                if self.heartbeat_interval_s:  # at once: a trial that never beat could never go stale
+                    study._storage.record_heartbeat(trial._trial_id)
                 values = sp.suggest_params(trial, specs, self.constraints)
                 batch.append((trial, tuple(f"{k}={_format(v)}" for k, v in values.items()) + tuple(extra)))
             if not batch:
@@ -290,6 +292,7 @@ class OptunaSweeperImpl(Sweeper):
                 log.info("All %d trials are taken; waiting for those still running in other workers", n_trials)
                 announced = True
             time.sleep(self.heartbeat_interval_s)
+            st.fail_orphaned_trials(study, self.stale_after_s)  # e.g. a worker on this host that died
             stale = st.fail_stale_trials(study)
             if stale:
                 log.warning("Trials %s stopped sending heartbeats (worker killed?): failed and re-queued", stale)
