@@ -292,7 +292,6 @@ class OptunaSweeperImpl(Sweeper):
                 log.info("All %d trials are taken; waiting for those still running in other workers", n_trials)
                 announced = True
             time.sleep(self.heartbeat_interval_s)
-            st.fail_orphaned_trials(study, self.stale_after_s)  # e.g. a worker on this host that died
             stale = st.fail_stale_trials(study)
             if stale:
                 log.warning("Trials %s stopped sending heartbeats (worker killed?): failed and re-queued", stale)
