@@ -5,8 +5,10 @@ are installed (as root); where that is impossible the tests skip and say why."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,23 +36,32 @@ def _install_or_skip(kinds: tuple[str, ...]) -> None:
         print(f"\ninstalled the {kinds} Debian packages: {times}", file=sys.stderr)
 
 
+def _server_dir(name: str) -> Path:
+    """A folder for a server's state outside pytest's basetemp: another pytest session on this machine
+    prunes old basetemp folders, which would pull the data from under a running server."""
+    return Path(tempfile.mkdtemp(prefix=f"mixmerge-{name}-"))
+
+
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
+def slurm_cluster():
     _install_or_skip(("slurm",))
-    root = tmp_path_factory.mktemp("slurm")
+    root = _server_dir("slurm")
     cluster = testbed.start_slurm(root)  # installed but not starting is a failure, not a skip
     print(f"\nSlurm test cluster up in {cluster.start_s} s ({cluster.cpus} CPUs)", file=sys.stderr)
     yield cluster
     cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory):
+def postgres():
     _install_or_skip(("postgres",))
-    server = testbed.start_postgres(tmp_path_factory.mktemp("postgres"))
+    root = _server_dir("postgres")
+    server = testbed.start_postgres(root)
     print(f"\nPostgreSQL test server up in {server.start_s} s", file=sys.stderr)
     yield server
     server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def run_py(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -24,7 +24,7 @@ def _run(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _kinds(cache) -> set[str]:
-    return {p.parent.name for p in cache.glob("*/*/manifest.json")}
+    return {p.parent.parent.name for p in cache.glob("*/*/manifest.json")}
 
 
 @pytest.mark.slow
