@@ -336,6 +336,8 @@ def up(root: Path) -> dict:
 
 
 def down(root: Path) -> None:
+    if not (root / STATE_FILE).is_file():
+        raise SystemExit(f"no test cluster recorded in {root / STATE_FILE}; nothing to stop")
     state = json.loads((root / STATE_FILE).read_text())
     PostgresServer(**state["postgres"]).stop()
     SlurmCluster(**state["slurm"]).stop()
