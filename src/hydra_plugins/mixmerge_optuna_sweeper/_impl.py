@@ -6,7 +6,9 @@ trials on resume (fixed seed), counts ``n_trials`` per run rather than per study
 ``density + epsilon < 1``. The loop here:
 
     open or join the study -> fail orphaned trials -> while trials are missing:
-        ask a batch -> overrides -> launcher -> tell values (or FAIL)
+        fail trials whose heartbeat stopped (re-queued) -> ask a batch -> overrides
+        -> launcher (a heartbeat per trial while it runs) -> tell values (or FAIL)
+        -> when none is missing but other workers still run some: wait for them (their worker may die)
     -> optional promotion stage -> optimization_results.yaml (+ Pareto CSV/plot) -> sweep report
 
 Hydra imports every plugin module on every run; this one (a leading underscore keeps Hydra's scan out)
@@ -16,6 +18,9 @@ is imported by ``sweeper.py`` only when a sweep starts, so plain runs do not pay
 from __future__ import annotations
 
 import logging
+import threading
+import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,8 @@ from mixmerge.sweep import study as st
 from .config import PromotionConfig
 
 log = logging.getLogger(__name__)
+# The sweeper records heartbeats itself (OptunaSweeperImpl._heartbeat) around ask/tell, not Study.optimize.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def spec_from_override(override: Override) -> sp.ParamSpec | None:
@@ -99,7 +106,9 @@ class OptunaSweeperImpl(Sweeper):
     def __init__(self, sampler: Any, direction: Any, storage: str | None, study_name: str, n_trials: int,
                  n_jobs: int, seed: int, params: Any, spaces: Any, space: Any, constraints: Any, domains: Any,
                  promotion: Any,
-                 stale_after_s: float | None, max_failures: int | None, report: bool) -> None:
+                 stale_after_s: float | None, max_failures: int | None, report: bool,
+                 heartbeat_interval_s: int | None = None, grace_period_s: int | None = None,
+                 max_retry: int | None = 3) -> None:
         self.sampler_factory = sampler
         self.directions = [str(d) for d in direction] if OmegaConf.is_list(direction) or isinstance(
             direction, list | tuple) else [str(direction)]
@@ -134,6 +143,9 @@ class OptunaSweeperImpl(Sweeper):
         self.stale_after_s = stale_after_s
         self.max_failures = max_failures
         self.report = report
+        self.heartbeat_interval_s = int(heartbeat_interval_s) if heartbeat_interval_s else None
+        self.storage_kwargs = {"heartbeat_interval_s": self.heartbeat_interval_s,
+                               "grace_period_s": grace_period_s, "max_retry": max_retry}
         self.config: DictConfig | None = None
         self._validated = False
 
@@ -190,14 +202,16 @@ class OptunaSweeperImpl(Sweeper):
         return "other"
 
     def _open(self, name: str) -> optuna.Study:
-        probe = st.open_study(self.storage, name, self.directions, optuna.samplers.RandomSampler())
+        probe = st.open_study(self.storage, name, self.directions, optuna.samplers.RandomSampler(),
+                              **self.storage_kwargs)
         st.fail_orphaned_trials(probe, self.stale_after_s)
         # Seed with the number of trials already there, so a resumed study proposes new points.
         sampler = self.sampler_factory(seed=self.seed + len(probe.trials))
-        return st.open_study(self.storage, name, self.directions, sampler)
+        return st.open_study(self.storage, name, self.directions, sampler, **self.storage_kwargs)
 
     def _enqueue_missing(self, study: optuna.Study, points: list[dict[str, Any]]) -> None:
-        pending = [t.params if t.state != TrialState.WAITING else t.system_attrs.get("fixed_params", {})
+        # A WAITING trial is an enqueued point (fixed_params) or a re-queued one (params, from a retry).
+        pending = [t.params if t.state != TrialState.WAITING else t.system_attrs.get("fixed_params", t.params)
                    for t in study.get_trials(deepcopy=False)
                    if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)]
         seen = {tuple(sorted(p.items())) for p in pending}
@@ -210,7 +224,14 @@ class OptunaSweeperImpl(Sweeper):
         returns: list[Any] = []
         failures = 0
         max_failures = self.max_failures if self.max_failures is not None else max(n_trials, 1)
-        while st.n_missing(study, n_trials) > 0:
+        while True:
+            stale = st.fail_stale_trials(study)
+            if stale:
+                log.warning("Trials %s stopped sending heartbeats (worker killed?): failed and re-queued", stale)
+            if st.n_missing(study, n_trials) == 0:
+                if self._wait_for_other_workers(study, n_trials):
+                    continue
+                break
             batch = []
             for _ in range(min(self.n_jobs, st.n_missing(study, n_trials))):
                 if grid and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
@@ -218,11 +239,14 @@ class OptunaSweeperImpl(Sweeper):
                 trial = st.ask_trial(study, n_trials)
                 if trial is None:
                     break
+                if self.heartbeat_interval_s:  # at once: a trial that never beat could never go stale
+                    study._storage.record_heartbeat(trial._trial_id)
                 values = sp.suggest_params(trial, specs, self.constraints)
                 batch.append((trial, tuple(f"{k}={_format(v)}" for k, v in values.items()) + tuple(extra)))
             if not batch:
                 break
-            results = self._launch([(t.number, o) for t, o in batch], job_offset)
+            with self._heartbeat([t._trial_id for t, _ in batch], study):
+                results = self._launch([(t.number, o) for t, o in batch], job_offset)
             returns.extend(results)
             for (trial, _), ret in zip(batch, results, strict=True):
                 failures += not self._tell(study, trial, ret)
@@ -231,6 +255,54 @@ class OptunaSweeperImpl(Sweeper):
                           failures, max_failures)
                 break
         return returns
+
+    def _heartbeat(self, trial_ids: list[int], study: optuna.Study) -> Any:
+        """A thread recording the batch's heartbeats while its jobs run, so other workers can tell a live
+        trial from one whose worker was killed (``hydra.sweeper.heartbeat_interval_s``)."""
+        import contextlib
+
+        if not self.heartbeat_interval_s:
+            return contextlib.nullcontext()
+        storage, interval = study._storage, self.heartbeat_interval_s
+        stop = threading.Event()
+
+        def beat() -> None:
+            while True:
+                for trial_id in trial_ids:
+                    storage.record_heartbeat(trial_id)
+                if stop.wait(interval):
+                    return
+
+        @contextlib.contextmanager
+        def running():
+            thread = threading.Thread(target=beat, name="optuna-heartbeat", daemon=True)
+            thread.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                thread.join()
+
+        return running()
+
+    def _wait_for_other_workers(self, study: optuna.Study, n_trials: int) -> bool:
+        """No trial is missing, but some still run in other workers: wait while their heartbeats go on.
+        True when one of them died (its trial is re-queued and this worker should run it), False when the
+        study is done. Without heartbeats a dead worker is invisible, so there is nothing to wait for."""
+        if not self.heartbeat_interval_s:
+            return False
+        announced = False
+        while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if not announced:
+                log.info("All %d trials are taken; waiting for those still running in other workers", n_trials)
+                announced = True
+            time.sleep(self.heartbeat_interval_s)
+            stale = st.fail_stale_trials(study)
+            if stale:
+                log.warning("Trials %s stopped sending heartbeats (worker killed?): failed and re-queued", stale)
+            if st.n_missing(study, n_trials) > 0:
+                return True
+        return False
 
     def _launch(self, batch: list[tuple[int, tuple[str, ...]]], job_offset: int) -> list[Any]:
         """Launch runs of consecutive trial numbers together, so each job's number is its trial's number

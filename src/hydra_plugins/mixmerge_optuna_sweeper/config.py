@@ -92,6 +92,12 @@ class MixmergeOptunaSweeperConf:
     promotion: Any = None
     # A RUNNING trial older than this (seconds) whose owner is on another host counts as dead; null: never.
     stale_after_s: Any = None
+    # Each worker records a heartbeat of its running trials every this many seconds; a trial silent for
+    # grace_period_s (null: 3 intervals) is failed by another worker and re-queued up to max_retry times,
+    # so a killed worker's trial is redone. null: no heartbeat (a dead worker on another host goes unseen).
+    heartbeat_interval_s: Any = 60
+    grace_period_s: Any = None
+    max_retry: Any = 3
     # Stop after this many failed trials in one run (null: n_trials), so a broken job cannot loop forever.
     max_failures: Any = None
     # Write report.csv/.md and plots from the jobs' metrics.json under the sweep dir at the end.

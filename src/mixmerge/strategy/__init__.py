@@ -19,6 +19,8 @@ STRATEGIES: dict[str, str] = {
     "analyze": "mixmerge.strategy.analyze",
     "rounds": "mixmerge.strategy.rounds",
     "report": "mixmerge.strategy.report",
+    "prepare": "mixmerge.strategy.prepare",
+    "plan": "mixmerge.strategy.plan",
 }
 
 

@@ -18,6 +18,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,27 +51,60 @@ def _sqlite_path(url: str) -> Path | None:
     return None
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def storage_url(url: str) -> str:
+    """``postgresql://`` means psycopg2 to SQLAlchemy; mixmerge's ``cluster`` extra installs psycopg 3, so a
+    bare PostgreSQL URL is pointed at it when psycopg2 is absent (an explicit ``+driver`` is kept)."""
+    import importlib.util
+
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix) and importlib.util.find_spec("psycopg2") is None \
+                and importlib.util.find_spec("psycopg") is not None:
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def retry_callback(max_retry: int | None) -> Any:
+    """Optuna's callback that re-queues a trial whose heartbeat stopped (its parameters, as a WAITING trial)."""
+    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
+        optuna.storages.RetryFailedTrialCallback
+    return cls(max_retry=max_retry)
+
+
+def open_storage(url: str, *, heartbeat_interval_s: int | None = None, grace_period_s: int | None = None,
+                 max_retry: int | None = 3) -> optuna.storages.BaseStorage:
     """An RDB storage; for SQLite the folder is created, writers wait up to 60 s for the file lock, and
-    the schema is created under a file lock (two sweeps starting at once on a new file race otherwise)."""
+    the schema is created under a file lock (two sweeps starting at once on a new file race otherwise).
+
+    With ``heartbeat_interval_s``, a RUNNING trial whose heartbeat is older than ``grace_period_s`` (default:
+    three intervals) is failed by whichever worker looks next and re-queued up to ``max_retry`` times."""
+    url = storage_url(url)
+    heartbeat: dict[str, Any] = {}
+    if heartbeat_interval_s:
+        heartbeat = {"heartbeat_interval": int(heartbeat_interval_s),
+                     "grace_period": int(grace_period_s or 3 * int(heartbeat_interval_s)),
+                     "heartbeat_stale_trial_callback": retry_callback(max_retry)}
+    if heartbeat:  # Optuna flags heartbeats as experimental; the sweeper relies on them knowingly
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning,
+                                message=".*heartbeat.*")
     path = _sqlite_path(url)
     if path is None:
         for attempt in range(3):  # a server database: the first two workers may race on the schema
             try:
-                return optuna.storages.RDBStorage(url)
+                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **heartbeat)
             except Exception:  # noqa: BLE001 - retried, then re-raised
                 if attempt == 2:
                     raise
                 time.sleep(1.0 + attempt)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **heartbeat)
 
 
 def open_study(storage: str | None, study_name: str, directions: Sequence[str],
-               sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-    """Create the study or join the existing one of that name (``load_if_exists``)."""
-    backend = open_storage(storage) if storage else None
+               sampler: optuna.samplers.BaseSampler, **storage_kwargs: Any) -> optuna.Study:
+    """Create the study or join the existing one of that name (``load_if_exists``); ``storage_kwargs`` go
+    to ``open_storage`` (heartbeat)."""
+    backend = open_storage(storage, **storage_kwargs) if storage else None
     study = optuna.create_study(storage=backend, study_name=study_name, sampler=sampler,
                                 directions=list(directions), load_if_exists=True)
     have = [d.name.lower() for d in study.directions]
@@ -113,12 +147,27 @@ def is_orphaned(trial: FrozenTrial, stale_after_s: float | None, now_s: float | 
 def fail_orphaned_trials(study: optuna.Study, stale_after_s: float | None = None) -> list[int]:
     """Mark orphaned RUNNING trials FAIL so they stop counting against ``n_trials``; return their numbers."""
     failed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    retry = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    for t in study.get_trials(deepcopy=True, states=(TrialState.RUNNING,)):
         if is_orphaned(t, stale_after_s):
             study._storage.set_trial_user_attr(t._trial_id, SKIPPED_ATTR, "orphaned: owner process gone")
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             failed.append(t.number)
+            if retry is not None:  # re-queued like a trial whose heartbeat stopped
+                retry(study, t)
     return failed
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials whose heartbeat stopped (their worker was killed) and re-queue them through the
+    storage's callback; return the numbers failed. Nothing happens without a heartbeat."""
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    gone = before - after
+    return sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in gone)
 
 
 def counted_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:

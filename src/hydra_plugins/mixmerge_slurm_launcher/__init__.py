@@ -1,0 +1,1 @@
+"""mixmerge's Slurm launcher for Hydra (``hydra/launcher=slurm``): submitit underneath, training first."""
