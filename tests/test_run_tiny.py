@@ -90,10 +90,11 @@ def test_debug_config_runs_the_whole_loop_on_the_tiny_model(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     config = metrics["config"]
     assert config["model"]["name"] == "tiny" and config["trainer"]["max_steps"] == 2
-    assert config["logger"]["wandb"]["enabled"] is False and config["eval"]["humaneval"]["enabled"] is False
+    assert config["logger"]["wandb"]["enabled"] is False and config["eval"]["humaneval"]["limit"] == 2
     assert set(metrics["variants"]) == {"base", "specialist/codegen", "specialist/codesum", "mixture", "merged"}
     for name, variant in metrics["variants"].items():
         m = variant["metrics"]
-        assert "codegen/humaneval_pass@1" not in m and "codesum/bleu4" not in m, name  # eval=quick: loss only
-        assert m["aggregate"] == pytest.approx(-(m["codegen/loss"] + m["codesum/loss"]) / 2), name
+        assert sorted(m) == ["aggregate", "codegen/humaneval_pass@1", "codegen/loss", "codesum/bleu4", "codesum/loss"]
+        assert m["aggregate"] == pytest.approx((m["codegen/humaneval_pass@1"] + 0.01 * m["codesum/bleu4"]) / 2), name
     assert metrics["objective"] == metrics["variants"]["merged"]["metrics"]["aggregate"]
+    assert "a seeded subset of 2 of the 164 HumanEval problems" in proc.stdout and "Recommendation:" in proc.stdout
