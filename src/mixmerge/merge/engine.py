@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from mixmerge.dtypes import SAFETENSORS_NAMES
 from mixmerge.files import publish_folder, temp_folder_beside, write_json_atomic
 from mixmerge.merge import fast_gta
 from mixmerge.merge import fused as F
@@ -30,14 +31,13 @@ from mixmerge.merge import validate as V
 from mixmerge.merge.common import weight_divisor
 from mixmerge.merge.io import (
     FLOAT_DTYPES,
-    OUTPUT_DTYPES,
     REPORT,
     SafetensorsFolder,
     StreamingShardWriter,
     copy_side_files,
     is_adapter_folder,
     open_source,
-    torch_dtype,
+    torch_dtype_of,
     torch_name,
 )
 from mixmerge.merge.output import check_output, remove_stale_temporaries
@@ -54,9 +54,9 @@ def peak_rss_bytes() -> int:
 def _output_dtype(requested: str | None, base_cfg: Mapping[str, Any] | None) -> str:
     """The safetensors dtype of the merged float tensors: ``merge.dtype``, else the base's, else F32."""
     if requested is not None:
-        return OUTPUT_DTYPES[requested]
+        return SAFETENSORS_NAMES[requested]
     name = (base_cfg or {}).get("dtype") or (base_cfg or {}).get("torch_dtype") or "float32"
-    return OUTPUT_DTYPES.get(name, "F32")
+    return SAFETENSORS_NAMES.get(name, "F32")
 
 
 def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None, models: Sequence[Path], out: Path,
@@ -184,7 +184,7 @@ def _merge_reference(name, shape, dtype, params, base_src, sources, labels, fish
             _check_inputs_finite(name, base_t, tensors, labels)  # names the culprit input, if any
             raise ValueError(f"the merge of tensor {name!r} produced NaN/Inf; check merge.weights and "
                              f"merge.lambda")
-        return merged.to(torch_dtype(dtype)), stats
+        return merged.to(torch_dtype_of(dtype)), stats
     finally:
         for src in [base_src, *sources]:
             _release(src, name)

@@ -33,7 +33,6 @@ _DTYPES = {"F32": ("float32", np.float32), "F16": ("float16", np.float16), "BF16
            "I16": ("int16", np.int16), "I8": ("int8", np.int8), "U8": ("uint8", np.uint8), "BOOL": ("bool", np.bool_)}
 _ST_BY_TORCH_NAME = {torch_name: st for st, (torch_name, _) in _DTYPES.items()}
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")  # the tensors that get merged
-OUTPUT_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}  # merge.dtype -> safetensors name
 
 
 def st_dtype(dtype) -> str:
@@ -44,8 +43,8 @@ def st_dtype(dtype) -> str:
     return name
 
 
-def torch_dtype(st: str):
-    """The torch dtype of a safetensors name (imports torch)."""
+def torch_dtype_of(st: str):
+    """The torch dtype of a safetensors name: "BF16" -> torch.bfloat16 (imports torch)."""
     import torch
 
     return getattr(torch, _DTYPES[st][0])
@@ -101,7 +100,7 @@ class _SafetensorsFile:
         import torch
 
         raw = self.array(name)
-        return torch.from_numpy(raw.reshape(-1).view(np.uint8)).view(torch_dtype(self._dtype(name))).reshape(raw.shape)
+        return torch.from_numpy(raw.reshape(-1).view(np.uint8)).view(torch_dtype_of(self._dtype(name))).reshape(raw.shape)
 
     def release(self, name: str) -> None:
         """Drop a viewed tensor's pages from this process (the page cache keeps them)."""
@@ -122,7 +121,7 @@ class _SafetensorsFile:
     def get(self, name: str):
         import torch
 
-        out = torch.empty(self.entries[name]["shape"], dtype=torch_dtype(self._dtype(name)))
+        out = torch.empty(self.entries[name]["shape"], dtype=torch_dtype_of(self._dtype(name)))
         self._pread_into(name, out.view(-1).view(torch.uint8).numpy())
         return out
 

@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mixmerge.dtypes import DTYPE_NAMES
 from mixmerge.merge.common import RESCALE_MODES
 from mixmerge.merge.registry import MergeMethod, get_method
 from mixmerge.merge.tensor_names import layer_index
 
-DTYPES = ("float32", "bfloat16", "float16")
 VOCAB_POLICIES = ("strict", "truncate")
 DEFAULT_SHARD_SIZE_MB = 2000
 # Where a standalone merge reads and writes (strategy=merge): not merge parameters, so never part of a
@@ -222,8 +222,8 @@ def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) ->
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"merge.seed={seed!r} must be an integer")
     dtype = merge_cfg.get("dtype")
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"merge.dtype={dtype!r} is not one of {DTYPES} (or null for the base's dtype)")
+    if dtype is not None and dtype not in DTYPE_NAMES:
+        raise ValueError(f"merge.dtype={dtype!r} is not one of {DTYPE_NAMES} (or null for the base's dtype)")
     vocab_policy = merge_cfg.get("vocab_policy") or "strict"
     if vocab_policy not in VOCAB_POLICIES:
         raise ValueError(f"merge.vocab_policy={vocab_policy!r} is not one of {VOCAB_POLICIES}")
