@@ -208,6 +208,20 @@ def _set_keys(args: list[str]) -> set[str]:
     return {a.split("=", 1)[0].lstrip("+~") for a in args if _is_override(a)}
 
 
+def _one_point(overrides: list[str]) -> list[str]:
+    """A sweep's overrides at its first point (``merge=ties,dare`` -> ``merge=ties``), so it can be composed
+    to see which keys its jobs have; ranges (``interval(...)``) are left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out = []
+    for text, o in zip(overrides, OverridesParser.create().parse_overrides(overrides), strict=True):
+        if not o.is_sweep_override():
+            out.append(text)
+        elif not o.is_interval_sweep():
+            out.append(f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}")
+    return out
+
+
 def _compose(overrides: list[str], hydra_node: bool = True):
     import hydra
     from hydra.core.global_hydra import GlobalHydra
@@ -247,7 +261,7 @@ class DocRunner:
                  f"hydra.sweep.dir={self.scratch / 'multirun' / slug}"]
         if "model" not in _set_keys(args):
             extra.insert(0, "model=tiny")
-        cfg = _compose([a for a in args if _is_override(a)] + extra)
+        cfg = _compose(_one_point([a for a in args if _is_override(a)]) + extra)
         if cfg.hydra.sweeper.get("storage", "absent") is None:  # Optuna: a fresh study database per command
             extra.append(f"hydra.sweeper.storage=sqlite:///{self.scratch / f'optuna-{slug}.db'}")
         extra += [f"{k}={v}" for k, v in SIZES.items() if k not in _set_keys(args) and _has_key(cfg, k)]
