@@ -243,6 +243,10 @@ def run_compare(cfg: Mapping[str, Any], *, store: ArtifactStore, run_dir: Path, 
         results[v.name] = {"metrics": metrics, "artifact": str(v.path) if v.path else f"in-memory:{v.key}"}
         tracker.log_metrics({f"{v.name}/{k}": val for k, val in metrics.items()})
     objective = write_results(cfg, run_dir, results, describe_subsets(cfg["eval"]))
+    from mixmerge.eval.forgetting import changes_vs_base, describe_forgetting  # issue 18: forgetting verdict
+
+    if line := describe_forgetting(changes_vs_base({n: r["metrics"] for n, r in results.items()})):
+        print(line)
     if cfg["analysis"].get("enabled", True):
         analyse_variants(cfg, run_dir, base, variants, results, tracker)
     columns = sorted({k for r in results.values() for k in r["metrics"]})
