@@ -186,3 +186,16 @@ def test_numbers_equal_the_lm_eval_cli_on_the_saved_model(merged, live_result, t
     assert row["acc_norm,none"] == metrics["lm_eval/pydoc_next/acc_norm"]
     assert row["acc_stderr,none"] == stderr["lm_eval/pydoc_next/acc"]
     assert row["acc_norm_stderr,none"] == stderr["lm_eval/pydoc_next/acc_norm"]
+
+
+def test_a_bad_lm_eval_config_fails_at_validation_before_any_work(tmp_path):
+    from mixmerge.config import ConfigError, validate_config
+    from tests.test_config import _compose
+
+    cfg = _compose(["model=tiny", "logger=none", "eval.lm_eval.tasks=[{name: pydoc_next, shots: 1}]"])
+    with pytest.raises(ConfigError, match=r"eval.lm_eval.tasks\[0\] \(pydoc_next\) has unknown keys \['shots'\]"):
+        validate_config(cfg)
+    cfg = _compose(["model=tiny", "logger=none", f"eval.lm_eval.include_path={tmp_path / 'none'}"])
+    with pytest.raises(ConfigError, match=r"eval.lm_eval.include_path="):
+        validate_config(cfg)
+    validate_config(_compose(["model=tiny", "logger=none"]))  # the default (pydoc_next) is valid
