@@ -7,6 +7,7 @@ import json
 import pytest
 
 from mixmerge.data.stdlib import DEFAULTS
+from mixmerge.data.text import stable_hash
 from mixmerge.eval.retention_task import (
     DATA_FILE,
     N_CHOICES,
@@ -33,7 +34,8 @@ TOPICS = {
 
 def test_items_are_next_sentence_choices_with_distractors_from_other_topics():
     items = build_items(TOPICS, n_items=5, per_topic=1, banned_grams=set())
-    assert [i["id"].split("/")[0] for i in items] == sorted(TOPICS)  # one per topic, sorted by place
+    assert sorted(i["id"].split("/")[0] for i in items) == sorted(TOPICS)  # one per topic
+    assert [i["id"] for i in items] == sorted((i["id"] for i in items), key=stable_hash)  # a prefix mixes topics
     for item in items:
         assert len(item["choices"]) == N_CHOICES and len(set(item["choices"])) == N_CHOICES
         topic = item["id"].split("/")[0]
@@ -59,6 +61,7 @@ def test_shipped_file_is_well_formed_and_its_source_is_outside_the_training_walk
     assert all(len(i["choices"]) == N_CHOICES and 0 <= i["label"] < N_CHOICES for i in items)
     assert "pydoc_data" in DEFAULTS["skip_dirs"]  # the stdlib training corpus never reads the source text
     assert {i["label"] for i in items} == set(range(N_CHOICES))
+    assert len({i["id"].split("/")[0] for i in items[:40]}) >= 15  # the default limit's prefix spans topics
 
 
 @pytest.mark.slow  # walks the whole stdlib (~30 s on 2 cores)
