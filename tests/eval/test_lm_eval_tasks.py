@@ -199,3 +199,18 @@ def test_a_bad_lm_eval_config_fails_at_validation_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"eval.lm_eval.include_path="):
         validate_config(cfg)
     validate_config(_compose(["model=tiny", "logger=none"]))  # the default (pydoc_next) is valid
+
+
+def test_global_random_state_is_left_as_it_was():
+    import random
+
+    import numpy as np
+
+    from mixmerge.eval.lm_eval_tasks import _global_rng_kept
+
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    with _global_rng_kept():
+        random.seed(0), np.random.seed(1234), torch.manual_seed(1234)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected

@@ -23,8 +23,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +171,22 @@ def _rows_for(name: str, results: Mapping[str, Mapping]) -> dict[str, Mapping]:
     return {task: r for task, r in results.items() if task != name}
 
 
+@contextmanager
+def _global_rng_kept() -> Iterator[None]:
+    """Restore Python's, numpy's and torch's global random state afterwards, so evaluating general tasks
+    does not change what later sampling in the same process draws."""
+    import numpy as np
+    import torch
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 def evaluate_lm_eval(model, tokenizer, lm_eval_cfg: Mapping[str, Any] | None, *,
                      out_dir: Path | None) -> tuple[dict[str, float], dict[str, float]]:
     """Run every ``eval.lm_eval.tasks`` entry on the live ``model``; ``({metric: value}, {metric: stderr})``.
@@ -192,8 +210,9 @@ def evaluate_lm_eval(model, tokenizer, lm_eval_cfg: Mapping[str, Any] | None, *,
         for task in tasks:
             started = time.perf_counter()
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=task.batch_size)
-            out = simple_evaluate(model=lm, tasks=[task.name], num_fewshot=task.num_fewshot, limit=task.limit,
-                                  task_manager=manager, bootstrap_iters=bootstrap_iters, log_samples=False)
+            with _global_rng_kept():  # simple_evaluate reseeds random, numpy and torch for its own runs
+                out = simple_evaluate(model=lm, tasks=[task.name], num_fewshot=task.num_fewshot, limit=task.limit,
+                                      task_manager=manager, bootstrap_iters=bootstrap_iters, log_samples=False)
             seconds = time.perf_counter() - started
             for name, row in _rows_for(task.name, out["results"]).items():
                 values, errors = split_metrics(name, row)
