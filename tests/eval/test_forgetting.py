@@ -41,11 +41,12 @@ def test_metrics_without_stderr_or_base_make_no_claim():
     assert describe_forgetting([]) is None
 
 
-def test_verdict_line_names_significant_losses_or_says_none():
+def test_verdict_line_names_significant_losses_or_says_none_then_every_change():
     changes = changes_vs_base({"base": _m(0.60, 0.03), "merged": _m(0.45, 0.04), "mixture": _m(0.58, 0.04)})
-    line = describe_forgetting(changes)
-    assert line.startswith("Forgetting check: significant loss against the base: merged pydoc_next/acc -0.150 [")
-    assert "mixture" not in line and "unpaired" in line
+    verdict, detail = describe_forgetting(changes).splitlines()
+    assert verdict == ("Forgetting check: significant loss against the base: merged pydoc_next/acc -0.150 "
+                       "[-0.248, -0.052] (95% interval from lm-eval's stderr, unpaired).")
+    assert detail == "  pydoc_next/acc (base 0.600): merged -0.150 [-0.248, -0.052]; mixture -0.020 [-0.118, +0.078]"
     calm = describe_forgetting(changes_vs_base({"base": _m(0.60, 0.03), "mixture": _m(0.58, 0.04)}))
-    assert calm == ("Forgetting check: no variant loses significantly against the base on lm_eval/pydoc_next/acc "
-                    "(95% interval from lm-eval's stderr, unpaired).")
+    assert calm.splitlines()[0] == ("Forgetting check: no variant loses significantly against the base on "
+                                    "pydoc_next/acc (95% interval from lm-eval's stderr, unpaired).")

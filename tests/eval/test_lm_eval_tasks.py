@@ -136,6 +136,12 @@ def test_live_merge_equals_the_saved_merge_and_lm_evals_own_loading(merged, live
     saved = json.loads((out / "lm_eval" / "pydoc_next.json").read_text())
     assert saved["settings"]["limit"] == LIMIT and saved["results"]["pydoc_next"]["acc,none"] == metrics[
         "lm_eval/pydoc_next/acc"]
+    examples = saved["examples"]  # one record per item; its accuracies average to the reported metric
+    assert [e["doc_id"] for e in examples] == list(range(LIMIT))
+    assert sum(e["acc"] for e in examples) / LIMIT == pytest.approx(metrics["lm_eval/pydoc_next/acc"])
+    for e in examples:  # acc = the target's loglikelihood is the highest of the four
+        lls = [float(r[0]) for r in e["filtered_resps"]]
+        assert e["acc"] == float(lls.index(max(lls)) == int(e["target"]))
 
     _, folder = merged
     on_disk = evaluate_lm_eval(load_model(folder), load_tokenizer(folder), CFG, out_dir=None)

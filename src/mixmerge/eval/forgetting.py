@@ -71,17 +71,22 @@ def changes_vs_base(metrics_by_variant: Mapping[str, Mapping[str, float]], *, ba
 
 
 def describe_forgetting(changes: list[Change], *, base: str = "base") -> str | None:
-    """One line for the verdict: the significant losses against the base, or that there were none.
-
-    ``None`` when there is nothing to compare (no general task, or no base variant).
-    """
+    """The verdict line (the significant losses against the base, or that there were none), then one line
+    per metric with every variant's change and interval. ``None`` when there is nothing to compare."""
     if not changes:
         return None
     losses = [c for c in changes if c.significant_loss]
     what = "95% interval from lm-eval's stderr, unpaired"
-    if not losses:
-        metrics = sorted({c.metric for c in changes})
-        return f"Forgetting check: no variant loses significantly against the {base} on {', '.join(metrics)} ({what})."
-    parts = [f"{c.variant} {c.metric.removeprefix(PREFIX)} {c.delta:+.3f} [{c.low:+.3f}, {c.high:+.3f}]"
-             for c in losses]
-    return f"Forgetting check: significant loss against the {base}: {'; '.join(parts)} ({what})."
+    if losses:
+        parts = [f"{c.variant} {c.metric.removeprefix(PREFIX)} {c.delta:+.3f} [{c.low:+.3f}, {c.high:+.3f}]"
+                 for c in losses]
+        verdict = f"Forgetting check: significant loss against the {base}: {'; '.join(parts)} ({what})."
+    else:
+        metrics = sorted({c.metric.removeprefix(PREFIX) for c in changes})
+        verdict = f"Forgetting check: no variant loses significantly against the {base} on {', '.join(metrics)} ({what})."
+    lines = [verdict]
+    for metric in sorted({c.metric for c in changes}):
+        rows = [c for c in changes if c.metric == metric]
+        lines.append(f"  {metric.removeprefix(PREFIX)} (base {rows[0].base:.3f}): " + "; ".join(
+            f"{c.variant} {c.delta:+.3f} [{c.low:+.3f}, {c.high:+.3f}]" for c in rows))
+    return "\n".join(lines)

@@ -171,6 +171,14 @@ def _rows_for(name: str, results: Mapping[str, Mapping]) -> dict[str, Mapping]:
     return {task: r for task, r in results.items() if task != name}
 
 
+def per_example_records(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict]:
+    """lm-eval's logged samples as one small record per example: task, doc id, target, the filtered
+    responses (per-choice loglikelihoods for multiple choice) and the example's metric values."""
+    skip = {"doc", "arguments", "resps", "doc_hash", "prompt_hash", "target_hash", "filter", "metrics"}
+    return [{"task": task, **{k: v for k, v in row.items() if k not in skip}}
+            for task, rows in samples.items() for row in rows]
+
+
 @contextmanager
 def _global_rng_kept() -> Iterator[None]:
     """Restore Python's, numpy's and torch's global random state afterwards, so evaluating general tasks
@@ -191,7 +199,8 @@ def evaluate_lm_eval(model, tokenizer, lm_eval_cfg: Mapping[str, Any] | None, *,
                      out_dir: Path | None) -> tuple[dict[str, float], dict[str, float]]:
     """Run every ``eval.lm_eval.tasks`` entry on the live ``model``; ``({metric: value}, {metric: stderr})``.
 
-    Writes ``lm_eval/<task>.json`` (lm-eval's results, config and timing) under ``out_dir`` when given.
+    Writes ``lm_eval/<task>.json`` under ``out_dir`` when given: lm-eval's results, task config, settings,
+    seconds, and one record per example (for audits and paired comparisons).
     Returns two empty dicts when no task is configured (lm-eval is not even imported).
     """
     tasks = parse_tasks(lm_eval_cfg)
@@ -212,7 +221,7 @@ def evaluate_lm_eval(model, tokenizer, lm_eval_cfg: Mapping[str, Any] | None, *,
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=task.batch_size)
             with _global_rng_kept():  # simple_evaluate reseeds random, numpy and torch for its own runs
                 out = simple_evaluate(model=lm, tasks=[task.name], num_fewshot=task.num_fewshot, limit=task.limit,
-                                      task_manager=manager, bootstrap_iters=bootstrap_iters, log_samples=False)
+                                      task_manager=manager, bootstrap_iters=bootstrap_iters, log_samples=True)
             seconds = time.perf_counter() - started
             for name, row in _rows_for(task.name, out["results"]).items():
                 values, errors = split_metrics(name, row)
@@ -226,7 +235,7 @@ def evaluate_lm_eval(model, tokenizer, lm_eval_cfg: Mapping[str, Any] | None, *,
                                    "configs": out.get("configs"), "versions": out.get("versions"),
                                    "settings": {"num_fewshot": task.num_fewshot, "limit": task.limit,
                                                 "batch_size": task.batch_size, "bootstrap_iters": bootstrap_iters},
-                                   "seconds": seconds})
+                                   "seconds": seconds, "examples": per_example_records(out.get("samples") or {})})
     finally:
         model.train(was_training)
     return metrics, stderr
