@@ -13,7 +13,7 @@ from tests.conftest import REPO
 
 FAST = ["model=tiny", "logger=none", "trainer.max_steps=2", "task.max_train_examples=16", "task.max_eval_examples=8",
         "eval.humaneval.limit=2", "eval.humaneval.max_new_tokens=16", "eval.codesum.limit=2",
-        "eval.codesum.max_new_tokens=8", "eval.loss.limit=4"]
+        "eval.codesum.max_new_tokens=8", "eval.loss.limit=4", "eval.lm_eval.limit=4"]
 
 
 def _run(tmp_path, name: str, *overrides: str) -> subprocess.CompletedProcess:
@@ -47,6 +47,10 @@ def test_metrics_json_has_every_variant_and_metric(first_run):
     assert "a seeded subset of 2 of the 164 HumanEval problems" in proc.stdout  # the table's caption
     assert (tmp_path / "run1" / "analysis" / "pearson_by_layer.png").is_file()
     assert "Recommendation:" in proc.stdout
+    for variant in metrics["variants"].values():  # the default retention check (lm-eval, local task)
+        assert variant["metrics"]["lm_eval/pydoc_next/acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+        assert variant["metrics"]["lm_eval/pydoc_next/acc_stderr"] >= 0.0
+    assert "Forgetting check:" in proc.stdout
 
 
 def test_second_run_reuses_every_artifact(first_run):

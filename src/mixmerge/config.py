@@ -191,6 +191,13 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     cache_eval = cfg["eval"].get("cache", True)
     _require(isinstance(cache_eval, bool),
              f"eval.cache={cache_eval!r} must be true (reuse a variant's evaluation) or false (evaluate again)")
+    if cfg["eval"].get("enabled", True) and (cfg["eval"].get("lm_eval") or {}).get("tasks"):
+        from mixmerge.eval.lm_eval_tasks import validate_lm_eval
+
+        try:  # issue 18: task names and folders checked before any training
+            validate_lm_eval(cfg["eval"]["lm_eval"])
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(str(err)) from None
     wanted = set(strategy.get("variants") or [])
     allowed = {"base", "specialists", "mixture", "merged"}
     _require(wanted <= allowed, f"strategy.variants={sorted(wanted)} may only hold {sorted(allowed)}")

@@ -35,7 +35,7 @@ HELDOUT = {
 
 def tiny_eval_cfg(**overrides):
     base = {"humaneval.limit": 2, "humaneval.max_new_tokens": 8, "codesum.limit": 2, "codesum.max_new_tokens": 6,
-            "loss.limit": 2, "batch_size": 2, "workers": 2}
+            "loss.limit": 2, "batch_size": 2, "workers": 2, "lm_eval.limit": 2}
     base.update(overrides)
     return eval_config("default", **base)
 
@@ -55,7 +55,9 @@ def test_default_run_reports_every_metric_and_writes_per_problem_records(tiny_mo
     model, tok = tiny_model
     metrics = evaluate_model(model, tok, eval_cfg=tiny_eval_cfg(), heldout=HELDOUT, prompt_style="completion",
                              out_dir=tmp_path)
-    assert set(metrics) == {"codegen/humaneval_pass@1", "codegen/loss", "codesum/bleu4", "codesum/loss"}
+    assert set(metrics) == {"codegen/humaneval_pass@1", "codegen/loss", "codesum/bleu4", "codesum/loss",
+                            "lm_eval/pydoc_next/acc", "lm_eval/pydoc_next/acc_norm",
+                            "lm_eval/pydoc_next/acc_stderr", "lm_eval/pydoc_next/acc_norm_stderr"}
     assert metrics["codegen/humaneval_pass@1"] == 0.0  # a random 3M model solves nothing
     assert 0.0 <= metrics["codesum/bleu4"] < 100.0
     assert 8.0 < metrics["codegen/loss"] < 13.0 and 8.0 < metrics["codesum/loss"] < 13.0
@@ -73,7 +75,7 @@ def test_default_run_reports_every_metric_and_writes_per_problem_records(tiny_mo
 def test_sampled_pass_at_k_is_added_when_n_above_one(tiny_model, tmp_path):
     model, tok = tiny_model
     cfg = tiny_eval_cfg(n=3, k=[1, 2, 10], temperature=1.0, **{"codesum.enabled": False, "loss.enabled": False,
-                                                                "humaneval.limit": 1})
+                                                                "humaneval.limit": 1, "lm_eval.tasks": []})
     metrics = evaluate_model(model, tok, eval_cfg=cfg, heldout={"codegen": HELDOUT["codegen"]},
                              prompt_style="completion", out_dir=tmp_path)
     assert set(metrics) == {"codegen/humaneval_pass@1", "codegen/humaneval_pass@2"}  # k=10 > n is skipped
@@ -98,7 +100,7 @@ def test_pass_at_k_table_averages_problems_and_skips_large_k():
 
 def test_chat_prompt_style_runs_end_to_end(tiny_model, tmp_path):
     model, tok = tiny_model
-    cfg = tiny_eval_cfg(**{"humaneval.limit": 1, "loss.limit": 1, "codesum.limit": 1})
+    cfg = tiny_eval_cfg(**{"humaneval.limit": 1, "loss.limit": 1, "codesum.limit": 1, "lm_eval.tasks": []})
     metrics = evaluate_model(model, tok, eval_cfg=cfg, heldout=HELDOUT, prompt_style="chat", out_dir=tmp_path)
     assert set(metrics) == {"codegen/humaneval_pass@1", "codegen/loss", "codesum/bleu4", "codesum/loss"}
     (record,) = [json.loads(line) for line in (tmp_path / "humaneval.jsonl").read_text().splitlines()]

@@ -20,6 +20,7 @@ from pathlib import Path
 from mixmerge.data.example import Example, render_prompt
 from mixmerge.eval.generate import generate
 from mixmerge.eval.limits import check_limits, sandbox_limits
+from mixmerge.eval.lm_eval_tasks import evaluate_lm_eval, lm_eval_cache_key
 from mixmerge.eval.loss import heldout_loss
 from mixmerge.eval.metrics import pass_at_k, sentence_bleu, smoothed_bleu4
 from mixmerge.eval.postprocess import SUMMARY_STOP, first_sentence
@@ -220,6 +221,14 @@ def _evaluate(model, tokenizer, eval_cfg: Mapping, heldout: Mapping[str, Sequenc
             metrics.update(result.metrics)
             write_jsonl_atomic(out_dir / f"{part}.jsonl", result.records)
             timings[part] = result.seconds
+    # General-language tasks through lm-eval (not a task row: they check what every variant kept, not a task
+    # it was trained on; see eval/lm_eval_tasks.py)
+    if (eval_cfg.get("lm_eval") or {}).get("tasks"):
+        started = time.perf_counter()
+        lm_metrics, lm_stderr = evaluate_lm_eval(model, tokenizer, eval_cfg["lm_eval"], out_dir=out_dir)
+        metrics.update(lm_metrics)
+        metrics.update({f"{name}_stderr": se for name, se in lm_stderr.items()})
+        timings["lm_eval"] = time.perf_counter() - started
     write_json_atomic(out_dir / "eval_summary.json",
                       {"metrics": metrics, "seconds": timings, "caption": describe_subsets(eval_cfg)})
     log.info("evaluation took %s", {k: round(v, 1) for k, v in timings.items()})
@@ -251,7 +260,10 @@ def describe_subsets(eval_cfg: Mapping) -> str:
 def eval_cache_config(eval_cfg: Mapping) -> dict:
     """The part of an eval config that can change its results: the evaluation cache key (how many
     sandbox workers run, whether to cache, and the ``strategy=score`` inputs are left out)."""
-    return {k: v for k, v in dict(eval_cfg).items() if k not in _NOT_IN_KEY}
+    key = {k: v for k, v in dict(eval_cfg).items() if k not in _NOT_IN_KEY}
+    if (key.get("lm_eval") or {}).get("tasks"):  # lm-eval's version and the task files change results too
+        key["lm_eval"] = {**dict(key["lm_eval"]), "_versions": lm_eval_cache_key(key["lm_eval"])}
+    return key
 
 
 def evaluate_model(

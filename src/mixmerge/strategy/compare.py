@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mixmerge.cache import ArtifactStore
+from mixmerge.eval.forgetting import changes_vs_base, describe_forgetting
 from mixmerge.files import write_json_atomic, write_text_atomic
 from mixmerge.models import BaseModel
 from mixmerge.report import format_table
@@ -114,6 +115,8 @@ def run(cfg: Mapping[str, Any], *, store: ArtifactStore, run_dir: Path, tracker:
         results[v.name] = {"metrics": metrics, "artifact": str(v.path) if v.path else f"in-memory:{v.key}"}
         tracker.log_metrics({f"{v.name}/{k}": val for k, val in metrics.items()})
     objective = write_results(cfg, run_dir, results, describe_subsets(cfg["eval"]))
+    if line := describe_forgetting(changes_vs_base({n: r["metrics"] for n, r in results.items()})):
+        print(line)
     if cfg["analysis"].get("enabled", True):
         analyse_variants(cfg, run_dir, base, variants, results, tracker)
     columns = sorted({k for r in results.values() for k in r["metrics"]})
