@@ -40,10 +40,14 @@ SHOW_ONLY = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info"}  # print s
 
 # Overrides that need a GPU, a hub download or a cluster: the command is composed, not run.
 COMPOSE_ONLY = [re.compile(p) for p in (r"^trainer=gpu$", r"^model=(qwen|deepseek)", r"^experiment=paper_",
-                                        r"^task=hub$", r"^hydra/launcher=slurm$")]
+                                        r"^task=hub$", r"^hydra/launcher=slurm$",
+                                        r"^eval\.lm_eval\.tasks=.*\b(arc_easy|arc_challenge|hellaswag|mmlu)\b")]
 
 # Documented commands that are not run, with the reason (each must still be in the docs).
 NOT_RUN = {
+    "python run.py eval.lm_eval.include_path=/my/tasks 'eval.lm_eval.tasks=[my_task]'":
+        "a placeholder for the user's own lm-eval task folder; include_path is tested in "
+        "tests/eval/test_lm_eval_tasks.py on a real folder",
     "python run.py strategy=merge ...": "prose shorthand in README's 'Measured' section for the standalone "
                                         "merge commands under 'Other strategies', which run in full",
 }
@@ -62,6 +66,7 @@ SIZES = {
     "strategy.repair_eval.limit": "2",
     "strategy.repair_eval.max_new_tokens": "8",
     "hydra.sweeper.n_trials": "2",
+    "eval.lm_eval.limit": "2",
 }
 MIN_COMMANDS = 30  # an extraction bug must not pass by finding nothing
 
