@@ -260,8 +260,9 @@ class DocRunner:
         args = shlex.split(self.substitute(command))[2:]
         if any(a in SHOW_ONLY for a in args):
             return args  # prints config or help: as typed
-        if self.is_compose_only(command):
-            return [a for a in args if a not in ("-m", "--multirun")] + ["--cfg", "job", "--resolve"]
+        if self.is_compose_only(command):  # a sweep is composed at its first point (--cfg takes no sweep)
+            overrides = [a for a in args if a not in ("-m", "--multirun")]
+            return [*(_one_point(overrides) if len(overrides) < len(args) else overrides), "--cfg", "job", "--resolve"]
         extra = [f"cache.root={self.scratch / 'cache'}", f"hydra.run.dir={self.scratch / 'runs' / slug}",
                  f"hydra.sweep.dir={self.scratch / 'multirun' / slug}"]
         if "model" not in _set_keys(args):
@@ -392,7 +393,7 @@ def test_documented_command_works_as_typed(runner, command):
         from mixmerge.config import validate_config
 
         assert "model:" in result.output, result.output[-2000:]
-        cfg = _compose([a for a in command.args if _is_override(a)], hydra_node=False)
+        cfg = _compose(_one_point([a for a in command.args if _is_override(a)]), hydra_node=False)
         validate_config(OmegaConf.to_container(cfg, resolve=True))
 
 
