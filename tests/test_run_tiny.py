@@ -98,7 +98,9 @@ def test_debug_config_runs_the_whole_loop_on_the_tiny_model(tmp_path):
     assert set(metrics["variants"]) == {"base", "specialist/codegen", "specialist/codesum", "mixture", "merged"}
     for name, variant in metrics["variants"].items():
         m = variant["metrics"]
-        assert sorted(m) == ["aggregate", "codegen/humaneval_pass@1", "codegen/loss", "codesum/bleu4", "codesum/loss"]
+        assert sorted(m) == ["aggregate", "codegen/humaneval_pass@1", "codegen/loss", "codesum/bleu4", "codesum/loss",
+                             "lm_eval/pydoc_next/acc", "lm_eval/pydoc_next/acc_norm", "lm_eval/pydoc_next/acc_norm_stderr",
+                             "lm_eval/pydoc_next/acc_stderr"]
         assert m["aggregate"] == pytest.approx((m["codegen/humaneval_pass@1"] + 0.01 * m["codesum/bleu4"]) / 2), name
     assert metrics["objective"] == metrics["variants"]["merged"]["metrics"]["aggregate"]
     assert "a seeded subset of 2 of the 164 HumanEval problems" in proc.stdout and "Recommendation:" in proc.stdout
