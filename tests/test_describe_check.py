@@ -24,4 +24,4 @@ def test_without_a_mixture_there_is_no_verdict_and_no_crash():
     no_mix = {k: v for k, v in QUICK.items() if k != "mixture"}
     line = describe_check(check_recommendation(Recommendation("merge", 0.1, ""), no_mix))
     assert line.startswith("Measured on this run's merge: winner = None by n/a aggregate (mixture n/a vs best merge "
-                           "merged -2.3000); no verdict")
+                           "merged -2.3000); no check")

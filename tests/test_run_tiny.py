@@ -50,7 +50,63 @@ def test_metrics_json_has_every_variant_and_metric(first_run):
     for variant in metrics["variants"].values():  # the default retention check (lm-eval, local task)
         assert variant["metrics"]["lm_eval/pydoc_next/acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)
         assert variant["metrics"]["lm_eval/pydoc_next/acc_stderr"] >= 0.0
-    assert "Forgetting check:" in proc.stdout
+    assert "Forgetting check:" in proc.stdout and "paired" in proc.stdout
+
+
+def test_metrics_json_has_intervals_comparisons_and_a_verdict(first_run):
+    tmp_path, proc = first_run
+    metrics = json.loads((tmp_path / "run1" / "metrics.json").read_text())
+    for name, variant in metrics["variants"].items():
+        assert set(variant["ci95"]) == set(variant["metrics"]) == set(variant["n"]), name
+        for key, value in variant["metrics"].items():
+            ci = variant["ci95"][key]
+            if key.endswith("_stderr"):
+                assert ci is None and variant["n"][key] is None
+                continue
+            assert ci[0] - 1e-12 <= value <= ci[1] + 1e-12, (name, key, ci, value)
+        assert variant["n"]["codegen/humaneval_pass@1"] == 2 and variant["n"]["codegen/loss"] == 4
+        assert variant["n"]["aggregate"] == 4  # 2 HumanEval problems + 2 summaries, resampled jointly
+    rows = {(c["a"], c["b"], c["metric"]): c for c in metrics["comparisons"]}
+    for key in (("mixture", "merged", "aggregate"), ("merged", "specialist/codegen", "codegen/humaneval_pass@1"),
+                ("specialist/codesum", "base", "codesum/loss"), ("mixture", "base", "lm_eval/pydoc_next/acc")):
+        row = rows[key]
+        values = metrics["variants"]
+        assert row["difference"] == pytest.approx(values[key[0]]["metrics"][key[2]] - values[key[1]]["metrics"][key[2]])
+        assert 0.0 < row["p_value"] <= 1.0 and row["ci95"][0] <= row["ci95"][1]
+    assert rows[("merged", "specialist/codegen", "codegen/humaneval_pass@1")]["test"] == "exact McNemar"
+    verdict = metrics["verdict"]
+    assert verdict["winner"] in ("mix", "merge", "not separable") and verdict["best_merge"] == "merged"
+    assert (verdict["winner"] == "not separable") == (verdict["ci95"][0] <= 0.0 <= verdict["ci95"][1])
+    assert "Verdict: " in proc.stdout and "95% CI" in proc.stdout
+    assert " [" in (tmp_path / "run1" / "metrics.md").read_text()  # the table shows intervals
+
+
+def test_replicates_train_and_cache_every_seed_and_report_per_seed_results(first_run):
+    """`replicates=2`: the first seed's models are the cached single-seed run's; the second seed trains its
+    own specialists and mixture, merges its own specialists; metrics are the mean over the two seeds."""
+    tmp_path, _ = first_run
+    proc = _run(tmp_path, "rep", "replicates=2")
+    log = (tmp_path / "rep" / "run.log").read_text()
+    assert "cache hit: specialist/codegen" in log and "cache hit: mixture" in log
+    for label in ("specialist/codegen (seed 1)", "specialist/codesum (seed 1)", "mixture (seed 1)"):
+        assert f"cache miss: building {label}" in log, label
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert metrics["seeds"] == [0, 1]
+    single = json.loads((tmp_path / "run1" / "metrics.json").read_text())["variants"]
+    for name in ("specialist/codegen", "mixture", "merged"):
+        variant = metrics["variants"][name]
+        assert set(variant["seeds"]) == {"0", "1"} and len(variant["artifact"]) == 2
+        assert variant["artifact"][0] != variant["artifact"][1]
+        assert variant["seeds"]["0"] == single[name]["metrics"]  # seed 0 is the single-seed run's model
+        for key, value in variant["metrics"].items():
+            per_seed = [variant["seeds"][s][key] for s in ("0", "1")]
+            assert value == pytest.approx(sum(per_seed) / 2)
+            assert variant["spread"][key] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2 ** 0.5)
+    assert "seeds" not in metrics["variants"]["base"]  # the base is not retrained
+    assert metrics["variants"]["specialist/codegen"]["seeds"]["0"] != metrics["variants"]["specialist/codegen"]["seeds"]["1"]
+    replicated = json.loads((tmp_path / "rep" / "analysis" / "replicates.json").read_text())
+    assert set(replicated["r_mean_per_seed"]) == {"0", "1"} and isinstance(replicated["stable"], bool)
+    assert "Task-vector correlation over 2 seeds" in proc.stdout and " sd " in (tmp_path / "rep" / "metrics.md").read_text()
 
 
 def test_second_run_reuses_every_artifact(first_run):

@@ -159,12 +159,27 @@ def validate_known_keys(cfg: Mapping[str, Any], conf_dir: Path | None = None) ->
                       f"ignored; fix the name, or define the key in {where} if it is new{more}")
 
 
+def _check_replicates(rep: Any) -> None:
+    """``replicates``: null, a count of at least 1, or a non-empty list of distinct integer seeds."""
+    fix = "use replicates=null (one seed), replicates=N (N >= 1) or replicates=[s1,s2,...] (distinct integers)"
+    if rep is None:
+        return
+    if isinstance(rep, bool) or not isinstance(rep, int | list | tuple):
+        raise ConfigError(f"replicates={rep!r} is not a count or a list of seeds: {fix}")
+    if isinstance(rep, int):
+        _require(rep >= 1, f"replicates={rep} must be at least 1: {fix}")
+        return
+    _require(len(rep) > 0 and all(isinstance(s, int) and not isinstance(s, bool) for s in rep)
+             and len(set(rep)) == len(rep), f"replicates={list(rep)!r}: {fix}")
+
+
 def validate_config(cfg: Mapping[str, Any]) -> None:
     """Check every group a strategy will use; raise ConfigError naming the first bad field."""
     from mixmerge.strategy import STRATEGIES
 
     validate_known_keys(cfg)
 
+    _check_replicates(cfg.get("replicates"))
     rebuild = (cfg.get("cache") or {}).get("rebuild_broken", False)
     _require(isinstance(rebuild, bool), f"cache.rebuild_broken={rebuild!r} must be true (rebuild a damaged "
                                         "cached artifact) or false (fail naming it)")
@@ -188,6 +203,10 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         validate_merge_config(cfg["merge"], n_models=len(cfg["merge"].get("models") or []) or None)
         return
     validate_model(cfg["model"])
+    resamples = (cfg["eval"].get("bootstrap") or {}).get("resamples", 2000)
+    _require(isinstance(resamples, int) and not isinstance(resamples, bool) and resamples >= 1000,
+             f"eval.bootstrap.resamples={resamples!r} must be an integer of at least 1000 (the intervals' "
+             "percentiles need that many resamples to be stable); e.g. eval.bootstrap.resamples=2000")
     cache_eval = cfg["eval"].get("cache", True)
     _require(isinstance(cache_eval, bool),
              f"eval.cache={cache_eval!r} must be true (reuse a variant's evaluation) or false (evaluate again)")

@@ -46,12 +46,16 @@ def ensure_base(cfg: Mapping[str, Any], store: ArtifactStore) -> BaseModel:
     return base
 
 
-def training_config(cfg: Mapping[str, Any]) -> dict:
-    """What determines a trained model besides its data: identical for every specialist and the mixture."""
+def training_config(cfg: Mapping[str, Any], train_seed: int | None = None) -> dict:
+    """What determines a trained model besides its data: identical for every specialist and the mixture.
+
+    ``train_seed`` (a replicate's seed, ``replicates``) replaces ``cfg.seed`` for training only: the data
+    splits stay those of ``cfg.seed``, so every replicate is evaluated on the same examples.
+    """
     return {
         "finetune": cfg["finetune"],
         "trainer": {k: cfg["trainer"][k] for k in TRAINER_KEYS_THAT_MATTER},
-        "seed": cfg["seed"],
+        "seed": cfg["seed"] if train_seed is None else int(train_seed),
         "packing": cfg["task"].get("packing", True),
         "prompt_style": cfg["model"]["prompt_style"],
         "dtype": cfg["model"]["dtype"],
@@ -62,24 +66,29 @@ def _train(cfg, store: ArtifactStore, tracker: Tracker, base: BaseModel, *, kind
            key_config: Mapping[str, Any], train: Sequence, val: Sequence) -> Variant:
     from mixmerge.train.sft import train_model
 
+    seed = key_config["seed"]
+
     def build(work: Path) -> dict:
         return train_model(base.path, train=train, val=val, finetune=cfg["finetune"], trainer_cfg=cfg["trainer"],
-                           model_cfg=cfg["model"], out_dir=work, seed=cfg["seed"],
+                           model_cfg=cfg["model"], out_dir=work, seed=seed,
                            packing=cfg["task"].get("packing", True),
                            loggers=tracker.lightning_loggers(label), label=label)
 
-    art = store.get_or_build(kind, key_config, build, inputs={"base": base.key}, resumable=True, label=label)
+    shown = label if seed == cfg["seed"] else f"{label} (seed {seed})"
+    art = store.get_or_build(kind, key_config, build, inputs={"base": base.key}, resumable=True, label=shown)
     return Variant(label, art.path, art.key)
 
 
-def ensure_specialist(cfg, store, tracker, base: BaseModel, task: str, splits) -> Variant:
+def ensure_specialist(cfg, store, tracker, base: BaseModel, task: str, splits, *,
+                      train_seed: int | None = None) -> Variant:
     """``specialist/<task>``: ``base`` fine-tuned on one task's training split."""
-    key_config = {"task": task, "data": splits.key, **training_config(cfg)}
+    key_config = {"task": task, "data": splits.key, **training_config(cfg, train_seed)}
     return _train(cfg, store, tracker, base, kind="specialist", label=f"specialist/{task}",
                   key_config=key_config, train=splits.train, val=splits.valid)
 
 
-def ensure_mixture(cfg, store, tracker, base: BaseModel, tasks: Mapping[str, Any]) -> Variant:
+def ensure_mixture(cfg, store, tracker, base: BaseModel, tasks: Mapping[str, Any], *,
+                   train_seed: int | None = None) -> Variant:
     """``mixture``: ``base`` fine-tuned on the weighted mixture of every task (``task.mixture``)."""
     from mixmerge.data import build_mixture
 
@@ -89,7 +98,7 @@ def ensure_mixture(cfg, store, tracker, base: BaseModel, tasks: Mapping[str, Any
     train = build_mixture(tasks, weights, by=mix["by"], seed=cfg["seed"], tokenizer=load_tokenizer(base.path))
     val = [ex for splits in tasks.values() for ex in splits.valid]
     key_config = {"data": {t: s.key for t, s in sorted(tasks.items())}, "mixture": {"weights": weights, "by": mix["by"]},
-                  **training_config(cfg)}
+                  **training_config(cfg, train_seed)}
     return _train(cfg, store, tracker, base, kind="mixture", label="mixture", key_config=key_config,
                   train=train, val=val)
 
@@ -155,10 +164,12 @@ def _merged_in_memory(cfg, base: BaseModel, specialists: Sequence[Variant], key:
     return Variant("merged", None, key, load=load, tokenizer=base.path)
 
 
-def ensure_evaluation(cfg, store, variant: Variant, heldout: Mapping[str, Sequence]) -> dict[str, float]:
-    """Evaluate ``variant`` (cached by the model's key, the eval config and the held-out data)."""
+def ensure_evaluation(cfg, store, variant: Variant, heldout: Mapping[str, Sequence]):
+    """Evaluate ``variant`` (cached by the model's key, the eval config and the held-out data): its metrics
+    and the per-example observations behind them, as an ``eval.evidence.Measured``."""
     from mixmerge.eval import aggregate, evaluate_model
-    from mixmerge.eval.suite import eval_cache_config
+    from mixmerge.eval.evidence import Measured
+    from mixmerge.eval.suite import eval_cache_config, load_samples
 
     eval_cfg = cfg["eval"]
     data_keys = {t: getattr(h, "key", None) for t, h in heldout.items()}
@@ -179,4 +190,4 @@ def ensure_evaluation(cfg, store, variant: Variant, heldout: Mapping[str, Sequen
 
     art = store.get_or_build("eval", key_config, build, inputs={"model": variant.key},
                              label=f"evaluation of {variant.name}", refresh=not eval_cfg.get("cache", True))
-    return json.loads((art.path / "metrics.json").read_text())
+    return Measured(json.loads((art.path / "metrics.json").read_text()), load_samples(art.path))

@@ -65,7 +65,7 @@ def test_score_refuses_tight_limits_before_running_any_sample(humaneval, tmp_pat
 def test_evaluation_refuses_tight_limits_before_generating_or_scoring(tmp_path, monkeypatch):
     generated = []
     monkeypatch.setattr(suite, "generate", lambda *a, **k: generated.append(a) or [])
-    monkeypatch.setattr(suite, "heldout_loss", lambda *a, **k: generated.append(a) or 0.0)
+    monkeypatch.setattr(suite, "heldout_nll_sums", lambda *a, **k: generated.append(a) or [(0.0, 1)])
     cfg = {"timeout_s": 0.001, "memory_mb": 1024, "workers": 2, "humaneval": {"enabled": True, "limit": 3},
            "codesum": {"enabled": False}}
     with pytest.raises(LimitsTooTightError, match=r"eval\.timeout_s"):

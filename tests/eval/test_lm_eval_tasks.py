@@ -86,7 +86,7 @@ def test_cache_key_follows_the_task_files(tmp_path):
 
 def test_no_tasks_costs_nothing(tiny_model, tmp_path):
     model, tokenizer = tiny_model
-    assert evaluate_lm_eval(model, tokenizer, {"tasks": []}, out_dir=tmp_path) == ({}, {})
+    assert evaluate_lm_eval(model, tokenizer, {"tasks": []}, out_dir=tmp_path) == ({}, {}, {})
     assert not (tmp_path / "lm_eval").exists()
 
 
@@ -128,7 +128,7 @@ def test_live_merge_equals_the_saved_merge_and_lm_evals_own_loading(merged, live
 
     from mixmerge.models import load_model, load_tokenizer
 
-    (metrics, stderr), out = live_result
+    (metrics, stderr, samples), out = live_result
     assert set(metrics) == {"lm_eval/pydoc_next/acc", "lm_eval/pydoc_next/acc_norm"} == set(stderr)
     for name, value in metrics.items():  # LIMIT items, four choices: a multiple of 1/12 with the binomial stderr
         assert round(value * LIMIT) == pytest.approx(value * LIMIT, abs=1e-9)
@@ -139,13 +139,16 @@ def test_live_merge_equals_the_saved_merge_and_lm_evals_own_loading(merged, live
     examples = saved["examples"]  # one record per item; its accuracies average to the reported metric
     assert [e["doc_id"] for e in examples] == list(range(LIMIT))
     assert sum(e["acc"] for e in examples) / LIMIT == pytest.approx(metrics["lm_eval/pydoc_next/acc"])
+    for name, value in metrics.items():  # the per-document observations intervals resample: lm-eval's own
+        assert samples[name].n == LIMIT and samples[name].value == pytest.approx(value, abs=1e-12)
+        assert list(samples[name].numerators) == [float(e[name.rsplit("/", 1)[1]]) for e in examples]
     for e in examples:  # acc = the target's loglikelihood is the highest of the four
         lls = [float(r[0]) for r in e["filtered_resps"]]
         assert e["acc"] == float(lls.index(max(lls)) == int(e["target"]))
 
     _, folder = merged
     on_disk = evaluate_lm_eval(load_model(folder), load_tokenizer(folder), CFG, out_dir=None)
-    assert on_disk == (metrics, stderr)
+    assert on_disk[:2] == (metrics, stderr)
 
     # lm-eval loading the saved folder itself (what its CLI does), in this process
     own = simple_evaluate(model="hf", model_args=f"pretrained={folder},device=cpu,batch_size=8",
@@ -177,7 +180,7 @@ def test_evaluation_stage_reports_lm_eval_metrics_with_stderr(tiny_model, tmp_pa
 
 @pytest.mark.slow  # lm-eval's CLI indexes its ~15k bundled task YAMLs first: about a minute on 2 cores
 def test_numbers_equal_the_lm_eval_cli_on_the_saved_model(merged, live_result, tmp_path):
-    (metrics, stderr), _ = live_result
+    (metrics, stderr, _), _ = live_result
     _, folder = merged
     cli = Path(sys.executable).with_name("lm_eval")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from mixmerge.data.example import Example
 from mixmerge.eval import aggregate, describe_subsets, evaluate_model
-from mixmerge.eval.suite import pass_at_k_table
+from mixmerge.eval.suite import load_samples, pass_at_k_table
 
 CONF = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "conf" / "eval")
 
@@ -68,6 +68,15 @@ def test_default_run_reports_every_metric_and_writes_per_problem_records(tiny_mo
     assert len(summaries) == 2 and {"prediction", "reference", "bleu4"} <= set(summaries[0])
     saved = json.loads((tmp_path / "eval_summary.json").read_text())
     assert saved["metrics"] == metrics and "humaneval" in saved["seconds"]
+    # every metric but lm-eval's stderr has the per-example observations it is the mean / ratio of
+    samples = load_samples(tmp_path)
+    assert set(samples) == {m for m in metrics if not m.endswith("_stderr")}
+    for name, sample in samples.items():
+        assert sample.value == pytest.approx(metrics[name], rel=1e-9), name
+    assert samples["codegen/humaneval_pass@1"].ids == tuple(r["task_id"] for r in records)
+    assert [round(x, 4) for x in samples["codesum/bleu4"].numerators] == [r["bleu4"] for r in summaries]
+    assert len(samples["codegen/loss"].ids) == 2 and set(samples["codegen/loss"].ids) <= {"g0", "g1", "g2"}
+    assert all(d > 0 for d in samples["codesum/loss"].denominators)  # target tokens per example
     assert aggregate(metrics, tiny_eval_cfg()) == pytest.approx(
         (metrics["codegen/humaneval_pass@1"] + metrics["codesum/bleu4"] / 100) / 2)
 

@@ -162,6 +162,7 @@ def check_recommendation(
     merged_prefix: str = "merged",
     task_metrics: Mapping[str, str] | None = None,
     merges: Sequence[str] | None = None,
+    evidence: Mapping | None = None,
 ) -> dict:
     """Which strategy actually won, by how much, and how much the best merge lost to the specialists.
 
@@ -176,6 +177,11 @@ def check_recommendation(
     mean of d_t over tasks (0.04 = the merge retains 96%). Negative d_t means the merge beat the
     specialist. The same figure is given for the mixture. A task whose metric was not evaluated (e.g.
     pass@1 under ``eval=quick``) is left out of the figure and named in ``notes``, so the verdict still stands.
+
+    ``evidence`` (``{"verdict", "degradation"}`` from ``eval/evidence.py``, as ``strategy=compare`` computes
+    them from per-example data) replaces the point comparison: the winner is then "mix", "merge" or
+    "not separable" by the paired interval, ``recommendation_check`` reads "right", "wrong" or "undecided",
+    and the degradation carries intervals and is undefined where the specialist never beat the base.
     """
     metrics = {v: _metrics(m) for v, m in variant_metrics.items()}
     task_metrics = {**headline_metrics(), **dict(task_metrics or {})}
@@ -208,6 +214,24 @@ def check_recommendation(
         out["relative_margin"] = abs(diff) / max(mix_score, scored[best]) if max(mix_score, scored[best]) else None
         if recommendation.choice in ("mix", "merge") and out["winner"] != "tie":
             out["recommendation_correct"] = recommendation.choice == out["winner"]
+    verdict = (evidence or {}).get("verdict") or {}
+    if verdict.get("winner") is not None:
+        out.update({"winner": verdict["winner"], "best_merge": verdict["best_merge"],
+                    "margin": abs(verdict["difference"]), "difference": verdict["difference"],
+                    "difference_ci95": verdict["ci95"], "p_value": verdict["p_value"],
+                    "recommendation_correct": None})
+        if recommendation.choice in ("mix", "merge") and verdict["winner"] in ("mix", "merge"):
+            out["recommendation_correct"] = recommendation.choice == verdict["winner"]
+    out["recommendation_check"] = {True: "right", False: "wrong"}.get(out["recommendation_correct"])
+    if out["winner"] == "not separable" and recommendation.choice in ("mix", "merge"):
+        out["recommendation_check"] = "undecided"
+    if (evidence or {}).get("degradation") is not None:
+        out["degradation"] = dict(evidence["degradation"])
+        for label, deg in out["degradation"].items():
+            out["notes"] += _not_computed_notes(label.replace("_", " "), deg)
+            out["notes"] += [f"{label.replace('_', ' ')} degradation on {u['task']} undefined: {u['reason']}"
+                             for u in deg.get("undefined", [])]
+        return out
     out["degradation"] = {}
     if specialists:
         if best is not None:

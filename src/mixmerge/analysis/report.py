@@ -63,19 +63,26 @@ def render_analysis_report(
         lines += ["", "## Check against the measured variants", ""]
         key = check.get("aggregate_key", "aggregate")
         if check.get("winner") is not None:
-            verdict = {True: "the recommendation was right", False: "the recommendation was wrong",
-                       None: "no verdict (recommendation uncertain or a tie)"}[check.get("recommendation_correct")]
+            verdict = {"right": "the recommendation was right", "wrong": "the recommendation was wrong",
+                       "undecided": "the recommendation is undecided (not separable)"}.get(
+                check.get("recommendation_check"), "no verdict (recommendation uncertain or a tie)")
+            ci = check.get("difference_ci95")
+            shown = (f"; mixture − merge {check['difference']:+.4f}, 95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}], "
+                     f"p = {check['p_value']:.3g}") if ci else ""
             lines.append(
                 f"Winner on `{key}`: **{check['winner']}** — mixture {_fmt(check['mixture_aggregate'])} vs best "
                 f"merge `{check['best_merge']}` {_fmt(check['best_merge_aggregate'])} "
-                f"(margin {_fmt(check['margin'])}); {verdict}."
+                f"(margin {_fmt(check['margin'])}{shown}); {verdict}."
             )
         for label, deg in check.get("degradation", {}).items():
             if not deg["per_task"]:
                 continue  # nothing computed: the notes below say why
-            per = ", ".join(f"{t}: {_pct(d['degradation'])} on `{d['metric']}`" for t, d in deg["per_task"].items())
+            def ci(d):
+                return f" [{_pct(d['ci95'][0])}, {_pct(d['ci95'][1])}]" if d.get("ci95") else ""
+            per = ", ".join(f"{t}: {_pct(d['degradation'])}{ci(d)} on `{d['metric']}`" for t, d in deg["per_task"].items())
+            mean_ci = ci({"ci95": deg.get("mean_ci95")})
             lines.append(f"- Degradation of the {label.replace('_', ' ')} (`{deg['variant']}`) relative to the "
-                         f"specialists: mean {_pct(deg['mean'])} (retains {_pct(deg['retention'])}); {per}.")
+                         f"specialists: mean {_pct(deg['mean'])}{mean_ci} (retains {_pct(deg['retention'])}); {per}.")
         lines += [f"- Note: {n}" for n in check.get("notes", [])]
     if result.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]

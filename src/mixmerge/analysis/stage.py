@@ -79,12 +79,14 @@ def run_analysis(
     out_dir: str | Path,
     *,
     variant_metrics: Mapping[str, Mapping] | None = None,
+    evidence: Mapping | None = None,
     run=None,
 ) -> AnalysisOutputs:
     """Analyse ``models`` against ``base`` and write everything under ``out_dir``.
 
     ``cfg`` is the analysis config; ``variant_metrics`` (metrics.json's variants) enables the check of
-    the recommendation; ``run`` is an open W&B run to log to (None: no logging).
+    the recommendation (against ``evidence``'s verdict and degradation when given, see
+    ``check_recommendation``); ``run`` is an open W&B run to log to (None: no logging).
     """
     out = Path(out_dir)
     pairs = _pairs(cfg, models)
@@ -98,7 +100,7 @@ def run_analysis(
         check = check_recommendation(
             rec, variant_metrics, ck.get("aggregate_key", "aggregate"),
             mixture=ck.get("mixture", "mixture"), specialist_prefix=ck.get("specialist_prefix", "specialist/"),
-            merged_prefix=ck.get("merged_prefix", "merged"), task_metrics=ck.get("task_metrics"),
+            merged_prefix=ck.get("merged_prefix", "merged"), task_metrics=ck.get("task_metrics"), evidence=evidence,
         )
     files["recommendation"] = out / "recommendation.json"
     write_json_atomic(files["recommendation"],

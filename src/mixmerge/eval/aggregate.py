@@ -9,7 +9,9 @@ the worst task. Terms whose metric was not computed (say, BLEU under ``eval=quic
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+
+import numpy as np
 
 from mixmerge.tasks import default_aggregate_terms
 
@@ -45,3 +47,24 @@ def aggregate(metrics: Mapping[str, float], eval_cfg: Mapping) -> float:
     if total <= 0:
         raise ValueError("eval.aggregate.weights must sum to a positive number")
     return sum(scores[name] * float(weights[name]) for name in scores) / total
+
+
+def aggregate_function(present: Mapping[str, object], eval_cfg: Mapping
+                       ) -> tuple[list[str], Callable[[Mapping[str, np.ndarray]], np.ndarray]]:
+    """The terms the aggregate of a variant with metrics ``present`` uses, and the same formula as
+    ``aggregate`` applied element-wise to arrays of replicates (what its bootstrap interval needs)."""
+    spec = dict((eval_cfg or {}).get("aggregate") or {})
+    method = spec.get("method", "mean")
+    terms = {name: float(scale) for name, scale in dict(spec.get("terms") or default_aggregate_terms()).items()
+             if scale is not None and name in present}
+    weights = {name: float(w) for name, w in dict(spec.get("weights") or {}).items() if name in terms}
+
+    def combine(values: Mapping[str, np.ndarray]) -> np.ndarray:
+        scores = [np.asarray(values[name], dtype=float) * scale for name, scale in terms.items()]
+        if method == "min":
+            return np.minimum.reduce(scores)
+        if method == "weighted":
+            return sum(s * weights[n] for s, n in zip(scores, terms, strict=True)) / sum(weights.values())
+        return sum(scores) / len(scores)
+
+    return list(terms), combine

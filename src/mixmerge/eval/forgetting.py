@@ -70,13 +70,28 @@ def changes_vs_base(metrics_by_variant: Mapping[str, Mapping[str, float]], *, ba
     return out
 
 
-def describe_forgetting(changes: list[Change], *, base: str = "base") -> str | None:
+def changes_from_comparisons(comparisons, metrics_by_variant: Mapping[str, Mapping[str, float]], *,
+                             base: str = "base") -> list[Change]:
+    """The same changes from paired comparisons (``eval/evidence.py``: each variant against the base on
+    the same items, a paired bootstrap interval): tighter than the unpaired interval, as valid."""
+    out = []
+    for c in comparisons:
+        if c["b"] != base or not c["metric"].startswith(PREFIX):
+            continue
+        name = c["metric"]
+        out.append(Change(c["a"], name, float(metrics_by_variant[base][name]),
+                          float(metrics_by_variant[c["a"]][name]), float(c["difference"]), float(c["ci95"][0]),
+                          float(c["ci95"][1]), higher_is_better(name)))
+    return out
+
+
+def describe_forgetting(changes: list[Change], *, base: str = "base",
+                        what: str = "95% interval from lm-eval's stderr, unpaired") -> str | None:
     """The verdict line (the significant losses against the base, or that there were none), then one line
     per metric with every variant's change and interval. ``None`` when there is nothing to compare."""
     if not changes:
         return None
     losses = [c for c in changes if c.significant_loss]
-    what = "95% interval from lm-eval's stderr, unpaired"
     if losses:
         parts = [f"{c.variant} {c.metric.removeprefix(PREFIX)} {c.delta:+.3f} [{c.low:+.3f}, {c.high:+.3f}]"
                  for c in losses]

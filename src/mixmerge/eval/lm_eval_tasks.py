@@ -179,6 +179,27 @@ def per_example_records(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> l
             for task, rows in samples.items() for row in rows]
 
 
+def per_example_samples(task: str, rows: Sequence[Mapping[str, Any]], values: Mapping[str, float]) -> dict:
+    """``{lm_eval/<task>/<metric>: Sample}`` for each reported metric that is the mean of its per-document
+    values in lm-eval's logged samples (acc, acc_norm, exact_match, ...): what intervals and paired tests
+    resample. A metric lm-eval aggregates otherwise (BLEU, perplexity) gets none: it keeps lm-eval's stderr.
+    """
+    from mixmerge.eval.uncertainty import Sample, unique_ids
+
+    out = {}
+    ids = unique_ids([str(row.get("doc_id", i)) for i, row in enumerate(rows)])
+    for name, value in values.items():
+        metric = name.removeprefix(f"lm_eval/{task}/")
+        per_doc = [row.get(metric) for row in rows]
+        if not rows or not all(isinstance(v, int | float) for v in per_doc):
+            continue
+        scores = [float(v) for v in per_doc]
+        if abs(sum(scores) / len(scores) - value) > 1e-9:
+            continue
+        out[name] = Sample.of_scores(dict(zip(ids, scores, strict=True)))
+    return out
+
+
 @contextmanager
 def _global_rng_kept() -> Iterator[None]:
     """Restore Python's, numpy's and torch's global random state afterwards, so evaluating general tasks
@@ -196,16 +217,17 @@ def _global_rng_kept() -> Iterator[None]:
 
 
 def evaluate_lm_eval(model, tokenizer, lm_eval_cfg: Mapping[str, Any] | None, *,
-                     out_dir: Path | None) -> tuple[dict[str, float], dict[str, float]]:
-    """Run every ``eval.lm_eval.tasks`` entry on the live ``model``; ``({metric: value}, {metric: stderr})``.
+                     out_dir: Path | None) -> tuple[dict[str, float], dict[str, float], dict]:
+    """Run every ``eval.lm_eval.tasks`` entry on the live ``model``;
+    ``({metric: value}, {metric: stderr}, {metric: per-example Sample})``.
 
     Writes ``lm_eval/<task>.json`` under ``out_dir`` when given: lm-eval's results, task config, settings,
     seconds, and one record per example (for audits and paired comparisons).
-    Returns two empty dicts when no task is configured (lm-eval is not even imported).
+    Returns empty dicts when no task is configured (lm-eval is not even imported).
     """
     tasks = parse_tasks(lm_eval_cfg)
     if not tasks:
-        return {}, {}
+        return {}, {}, {}
     manager = task_manager(lm_eval_cfg, tasks)
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -215,6 +237,7 @@ def evaluate_lm_eval(model, tokenizer, lm_eval_cfg: Mapping[str, Any] | None, *,
     model.eval()
     metrics: dict[str, float] = {}
     stderr: dict[str, float] = {}
+    samples: dict = {}
     try:
         for task in tasks:
             started = time.perf_counter()
@@ -226,6 +249,7 @@ def evaluate_lm_eval(model, tokenizer, lm_eval_cfg: Mapping[str, Any] | None, *,
             for name, row in _rows_for(task.name, out["results"]).items():
                 values, errors = split_metrics(name, row)
                 metrics.update(values)
+                samples.update(per_example_samples(name, (out.get("samples") or {}).get(name) or [], values))
                 stderr.update(errors)
             log.info("lm-eval %s: %s in %.1f s", task.name,
                      {k: round(v, 4) for k, v in metrics.items() if k.startswith(f"lm_eval/{task.name}/")}, seconds)
@@ -238,4 +262,4 @@ def evaluate_lm_eval(model, tokenizer, lm_eval_cfg: Mapping[str, Any] | None, *,
                                    "seconds": seconds, "examples": per_example_records(out.get("samples") or {})})
     finally:
         model.train(was_training)
-    return metrics, stderr
+    return metrics, stderr, samples

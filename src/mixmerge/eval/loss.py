@@ -38,13 +38,42 @@ def heldout_loss(
     desc: str | None = None,
 ) -> float:
     """Mean token NLL (nats) of every target token in ``examples``, prompt tokens masked."""
+    sums = heldout_nll_sums(model, tokenizer, examples, prompt_style=prompt_style, batch_size=batch_size,
+                            max_tokens=max_tokens, desc=desc)
+    return loss_of(sums)
+
+
+def loss_of(sums: Sequence[tuple[float, int]]) -> float:
+    """Σ NLL / Σ target tokens over per-example ``(nll, tokens)`` sums: the held-out loss."""
+    total_tokens = sum(tokens for _, tokens in sums)
+    if total_tokens == 0:
+        raise ValueError("held-out examples have no target tokens left; raise eval.loss.max_tokens")
+    return sum(nll for nll, _ in sums) / total_tokens
+
+
+def heldout_nll_sums(
+    model,
+    tokenizer,
+    examples: Sequence[Example],
+    *,
+    prompt_style: str = "completion",
+    batch_size: int = 8,
+    max_tokens: int = 1024,
+    desc: str | None = None,
+) -> list[tuple[float, int]]:
+    """Per example, in order: (summed target-token NLL in nats, number of target tokens).
+
+    The loss's confidence interval resamples these pairs (``eval/uncertainty.py``), so they come from the
+    same batched forward passes as the loss itself (one scatter-add per batch, no extra pass).
+    """
     if not examples:
         raise ValueError("held-out loss needs at least one example")
     rows = [tokenize_example(ex, tokenizer, prompt_style, max_tokens) for ex in examples]
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))  # similar lengths per batch
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
+    nll_sums = [0.0] * len(rows)
+    token_counts = [0] * len(rows)
     was_training = model.training
     model.eval()
     try:
@@ -67,11 +96,14 @@ def heldout_loss(
                 positions = next_labels != IGNORE_INDEX
                 logits = _target_logits(model, input_ids.to(device), attention.to(device), positions.to(device))
                 nll = torch.nn.functional.cross_entropy(logits.float(), next_labels[positions].to(device),
-                                                        reduction="sum")
-                total_nll += float(nll)
-                total_tokens += int(positions.sum())
+                                                        reduction="none")
+                row_of = positions.nonzero()[:, 0].to(device)  # boolean indexing is row-major: same order
+                per_row = torch.zeros(len(batch), dtype=torch.float64, device=device)
+                per_row.index_add_(0, row_of, nll.double())
+                counts = positions.sum(dim=1)
+                for row, i in enumerate(order[start:start + batch_size]):
+                    nll_sums[i] = float(per_row[row])
+                    token_counts[i] = int(counts[row])
     finally:
         model.train(was_training)
-    if total_tokens == 0:
-        raise ValueError("held-out examples have no target tokens left; raise eval.loss.max_tokens")
-    return total_nll / total_tokens
+    return list(zip(nll_sums, token_counts, strict=True))

@@ -14,6 +14,7 @@ from mixmerge.data.repair import exact_match
 from mixmerge.eval.generate import generate
 from mixmerge.eval.problems import seeded_subset
 from mixmerge.eval.suite import EvalPart
+from mixmerge.eval.uncertainty import Sample, unique_ids
 
 # Where a completion-style repair ends: the next top-level statement or comment.
 _STOPS = ("\n# ", "\nclass ", "\ndef ", "\n@", "\nif __name__")
@@ -65,4 +66,6 @@ def evaluate_repairs(model, tokenizer, examples: Sequence[Example], *, task: str
     records = [{"id": ex.id, "prompt": p, "completion": c, "exact_match": h}
                for ex, p, c, h in zip(subset, prompts, completions, hits, strict=True)]
     metrics = {f"{task}/exact_match": sum(hits) / len(subset)}
-    return {task: EvalPart(metrics, records, time.perf_counter() - started)}
+    ids = unique_ids([ex.id for ex in subset])
+    samples = {f"{task}/exact_match": Sample.of_scores({i: float(h) for i, h in zip(ids, hits, strict=True)})}
+    return {task: EvalPart(metrics, records, time.perf_counter() - started, samples)}

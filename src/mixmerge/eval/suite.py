@@ -11,17 +11,18 @@ and the held-out data, so a rerun or a sweep never generates or executes twice f
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixmerge.data.example import Example, render_prompt
 from mixmerge.eval.generate import generate
 from mixmerge.eval.limits import check_limits, sandbox_limits
 from mixmerge.eval.lm_eval_tasks import evaluate_lm_eval, lm_eval_cache_key
-from mixmerge.eval.loss import heldout_loss
+from mixmerge.eval.loss import heldout_nll_sums, loss_of
 from mixmerge.eval.metrics import pass_at_k, sentence_bleu, smoothed_bleu4
 from mixmerge.eval.postprocess import SUMMARY_STOP, first_sentence
 from mixmerge.eval.problems import (
@@ -33,22 +34,29 @@ from mixmerge.eval.problems import (
     seeded_subset,
 )
 from mixmerge.eval.sandbox import run_programs
+from mixmerge.eval.uncertainty import Sample, samples_from_json, samples_to_json, unique_ids
 from mixmerge.files import write_json_atomic, write_jsonl_atomic
 from mixmerge.tasks import TASKS, task_spec
 
 log = logging.getLogger(__name__)
 
 # Keys that do not change what is computed (only how fast, whether to cache, or strategy=score's inputs).
-_NOT_IN_KEY = ("workers", "cache", "samples", "bleu", "allow_unsafe_sandbox")
+_NOT_IN_KEY = ("workers", "cache", "samples", "bleu", "allow_unsafe_sandbox", "bootstrap")
+# What an evaluation artifact holds; 2 = with ``samples.json`` (per-example observations behind each metric).
+EVAL_FORMAT = 2
+SAMPLES_FILE = "samples.json"
 
 
 @dataclass(frozen=True)
 class EvalPart:
-    """One part of a task's evaluation: its metrics, per-problem records (``<part>.jsonl``) and seconds."""
+    """One part of a task's evaluation: its metrics, per-problem records (``<part>.jsonl``), seconds, and
+    per metric the per-example observations it is the mean (or ratio of sums) of, for intervals and
+    paired tests (``eval/uncertainty.py``)."""
 
     metrics: dict[str, float]
     records: list[dict]
     seconds: float
+    samples: dict[str, Sample] = field(default_factory=dict)
 
 
 # A task's evaluator (``TaskSpec.evaluator``): (model, tokenizer, held-out examples, *, task, eval_cfg, style)
@@ -110,7 +118,8 @@ def _eval_benchmark(model, tokenizer, name: str, problems: list[CodeProblem], ev
     n = int(eval_cfg.get("n", 1))
     if n > 1:
         runs.append(("sampled", n, float(eval_cfg.get("temperature", 0.8))))
-    metrics, records = {}, []
+    metrics, records, samples = {}, [], {}
+    ids = unique_ids([p.task_id for p in problems])
     for mode, n_samples, temperature in runs:
         seconds: list[float] = []
         outputs = generate(model, tokenizer, prompts, max_new_tokens=int(bench_cfg.get("max_new_tokens", 256)),
@@ -129,7 +138,11 @@ def _eval_benchmark(model, tokenizer, name: str, problems: list[CodeProblem], ev
                             "exec_time_s": result.elapsed_s})
         table = pass_at_k_table(correct, [1] if mode == "greedy" else [k for k in eval_cfg.get("k", [1]) if k > 1])
         metrics.update({f"{task}/{name}_pass@{k}": v for k, v in table.items()})
-    return metrics, records
+        for k in table:  # pass@k is the mean over problems of each problem's unbiased pass@k
+            outcomes = [correct[p.task_id] for p in problems]
+            samples[f"{task}/{name}_pass@{k}"] = Sample.of_scores(
+                {i: pass_at_k(len(v), sum(v), k) for i, v in zip(ids, outcomes, strict=True)})
+    return metrics, records, samples
 
 
 def evaluate_code_benchmarks(model, tokenizer, examples: Sequence[Example], *, task: str, eval_cfg: Mapping,
@@ -139,8 +152,8 @@ def evaluate_code_benchmarks(model, tokenizer, examples: Sequence[Example], *, t
     parts = {}
     for name, problems in _benchmark_problems(eval_cfg, int(eval_cfg.get("seed", 0))).items():
         started = time.perf_counter()
-        metrics, records = _eval_benchmark(model, tokenizer, name, problems, eval_cfg, style, task)
-        parts[name] = EvalPart(metrics, records, time.perf_counter() - started)
+        metrics, records, samples = _eval_benchmark(model, tokenizer, name, problems, eval_cfg, style, task)
+        parts[name] = EvalPart(metrics, records, time.perf_counter() - started, samples)
     return parts
 
 
@@ -169,12 +182,16 @@ def evaluate_summaries(model, tokenizer, examples: Sequence[Example], *, task: s
                        seed=int(eval_cfg.get("seed", 0)), desc=f"{task} generate", seconds_out=seconds)
     predictions = [first_sentence(outs[0]) for outs in outputs]
     references = [ex.target.strip() for ex in examples]
+    scores = [100 * sentence_bleu([ref], pred) for ref, pred in zip(references, predictions, strict=True)]
     records = [{"id": ex.id, "prompt": p, "completion": outs[0], "prediction": pred, "reference": ref,
-                "bleu4": round(100 * sentence_bleu([ref], pred), 4), "gen_time_s": round(s, 4)}
-               for ex, p, outs, pred, ref, s in zip(examples, prompts, outputs, predictions, references, seconds,
-                                                    strict=True)]
+                "bleu4": round(score, 4), "gen_time_s": round(s, 4)}
+               for ex, p, outs, pred, ref, score, s in zip(examples, prompts, outputs, predictions, references,
+                                                           scores, seconds, strict=True)]
     metrics = {f"{task}/bleu4": smoothed_bleu4(references, predictions)}
-    return {task: EvalPart(metrics, records, time.perf_counter() - started)}
+    # CodeXGLUE's smoothed BLEU-4 is the mean of these per-example scores, so they are its sample
+    samples = {f"{task}/bleu4": Sample.of_scores(dict(zip(unique_ids([ex.id for ex in examples]), scores,
+                                                          strict=True)))}
+    return {task: EvalPart(metrics, records, time.perf_counter() - started, samples)}
 
 
 def _benchmark_problems(eval_cfg: Mapping, seed: int) -> dict[str, list[CodeProblem]]:
@@ -194,10 +211,11 @@ def _benchmark_problems(eval_cfg: Mapping, seed: int) -> dict[str, list[CodeProb
 
 def _evaluate(model, tokenizer, eval_cfg: Mapping, heldout: Mapping[str, Sequence[Example]], style: str,
               out_dir: Path) -> dict[str, float]:
-    """Compute everything; write the per-problem JSONL files and ``eval_summary.json`` (metrics, seconds
-    per part, subset caption) into ``out_dir``."""
+    """Compute everything; write the per-problem JSONL files, ``eval_summary.json`` (metrics, seconds
+    per part, subset caption) and ``samples.json`` (each metric's per-example observations) into ``out_dir``."""
     seed = int(eval_cfg.get("seed", 0))
     metrics: dict[str, float] = {}
+    samples: dict[str, Sample] = {}
     timings: dict[str, float] = {}
     for task in heldout:  # before any work: a config an evaluator cannot honour stops the run here
         check = preflight_of(task)
@@ -208,9 +226,12 @@ def _evaluate(model, tokenizer, eval_cfg: Mapping, heldout: Mapping[str, Sequenc
         for task, examples in heldout.items():
             started = time.perf_counter()
             subset = seeded_subset(list(examples), loss_cfg.get("limit"), seed)
-            metrics[f"{task}/loss"] = heldout_loss(
+            sums = heldout_nll_sums(
                 model, tokenizer, subset, prompt_style=style, batch_size=int(loss_cfg.get("batch_size", 8)),
                 max_tokens=int(loss_cfg.get("max_tokens", 1024)), desc=f"{task} loss")
+            metrics[f"{task}/loss"] = loss_of(sums)
+            samples[f"{task}/loss"] = Sample.of_ratios(dict(zip(unique_ids([ex.id for ex in subset]), sums,
+                                                                strict=True)))
             timings[f"{task}/loss"] = time.perf_counter() - started
     for task, examples in heldout.items():
         evaluator = evaluator_of(task)
@@ -219,20 +240,36 @@ def _evaluate(model, tokenizer, eval_cfg: Mapping, heldout: Mapping[str, Sequenc
         for part, result in evaluator(model, tokenizer, list(examples), task=task, eval_cfg=eval_cfg,
                                       style=style).items():
             metrics.update(result.metrics)
+            samples.update({name: _as_sample(obs) for name, obs in result.samples.items()})
             write_jsonl_atomic(out_dir / f"{part}.jsonl", result.records)
             timings[part] = result.seconds
     # General-language tasks through lm-eval (not a task row: they check what every variant kept, not a task
     # it was trained on; see eval/lm_eval_tasks.py)
     if (eval_cfg.get("lm_eval") or {}).get("tasks"):
         started = time.perf_counter()
-        lm_metrics, lm_stderr = evaluate_lm_eval(model, tokenizer, eval_cfg["lm_eval"], out_dir=out_dir)
+        lm_metrics, lm_stderr, lm_samples = evaluate_lm_eval(model, tokenizer, eval_cfg["lm_eval"], out_dir=out_dir)
         metrics.update(lm_metrics)
+        samples.update(lm_samples)
         metrics.update({f"{name}_stderr": se for name, se in lm_stderr.items()})
         timings["lm_eval"] = time.perf_counter() - started
     write_json_atomic(out_dir / "eval_summary.json",
                       {"metrics": metrics, "seconds": timings, "caption": describe_subsets(eval_cfg)})
+    write_json_atomic(out_dir / SAMPLES_FILE, samples_to_json(samples))
     log.info("evaluation took %s", {k: round(v, 1) for k, v in timings.items()})
     return metrics
+
+
+def _as_sample(observations: Sample | Mapping[str, Sequence[float]]) -> Sample:
+    """An evaluator's per-example observations: a ``Sample``, or ``{example id: [numerator, denominator]}``."""
+    if isinstance(observations, Sample):
+        return observations
+    return Sample.of_ratios({i: (float(v[0]), float(v[1])) for i, v in observations.items()})
+
+
+def load_samples(eval_dir: Path) -> dict[str, Sample]:
+    """The per-example observations an evaluation wrote (``{}`` for an evaluation that computed nothing)."""
+    path = Path(eval_dir) / SAMPLES_FILE
+    return samples_from_json(json.loads(path.read_text())) if path.exists() else {}
 
 
 def describe_subsets(eval_cfg: Mapping) -> str:
@@ -261,6 +298,7 @@ def eval_cache_config(eval_cfg: Mapping) -> dict:
     """The part of an eval config that can change its results: the evaluation cache key (how many
     sandbox workers run, whether to cache, and the ``strategy=score`` inputs are left out)."""
     key = {k: v for k, v in dict(eval_cfg).items() if k not in _NOT_IN_KEY}
+    key["_format"] = EVAL_FORMAT
     if (key.get("lm_eval") or {}).get("tasks"):  # lm-eval's version and the task files change results too
         key["lm_eval"] = {**dict(key["lm_eval"]), "_versions": lm_eval_cache_key(key["lm_eval"])}
     return key

@@ -81,12 +81,49 @@ class Sample:
         return Sample(tuple(ids), self.numerators[order], self.denominators[order])
 
 
+def unique_ids(ids: Sequence[str]) -> list[str]:
+    """``ids`` with repeats made unique in order (``x``, ``x#2``, ...), so examples that share a source id
+    still pair one to one between two models evaluated on the same list."""
+    seen: dict[str, int] = {}
+    out = []
+    for i in ids:
+        seen[i] = seen.get(i, 0) + 1
+        out.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
+    return out
+
+
+def samples_to_json(samples: Mapping[str, Sample]) -> dict:
+    """``{metric: {"ids", "numerators", "denominators"}}``: plain lists, for an evaluation's ``samples.json``."""
+    return {name: {"ids": list(s.ids), "numerators": s.numerators.tolist(), "denominators": s.denominators.tolist()}
+            for name, s in samples.items()}
+
+
+def samples_from_json(data: Mapping) -> dict[str, Sample]:
+    """The inverse of ``samples_to_json``."""
+    return {name: Sample(tuple(d["ids"]), np.asarray(d["numerators"], dtype=float),
+                         np.asarray(d["denominators"], dtype=float)) for name, d in data.items()}
+
+
+def mean_over_replicates(samples: Sequence[Sample]) -> Sample:
+    """One sample whose value is the mean of the replicates' values: per example, the mean numerator and
+    denominator over replicates (training seeds) evaluated on the same examples.
+
+    Exact when the denominators agree across replicates (pass@k, BLEU: 1; held-out loss: the target token
+    counts, fixed by the examples), which is how the suite produces them. An interval from it treats the
+    seeds as fixed: it measures example noise; the seeds' own spread is reported beside it.
+    """
+    first = samples[0]
+    aligned = [s.aligned_to(first.ids) for s in samples]
+    return Sample(first.ids, np.mean([s.numerators for s in aligned], axis=0),
+                  np.mean([s.denominators for s in aligned], axis=0))
+
+
 def resample_indices(n: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
     """``n_resamples`` bootstrap draws of ``n`` example indices with replacement: shape [n_resamples, n]."""
     return rng.integers(0, n, size=(n_resamples, n))
 
 
-def _replicates(sample: Sample, idx: np.ndarray) -> np.ndarray:
+def replicates(sample: Sample, idx: np.ndarray) -> np.ndarray:
     return sample.numerators[idx].sum(axis=1) / sample.denominators[idx].sum(axis=1)
 
 
@@ -101,7 +138,7 @@ def bootstrap_ci(sample: Sample, *, n_resamples: int = N_RESAMPLES, seed: int = 
                  level: float = LEVEL) -> tuple[float, float]:
     """Percentile bootstrap interval of one metric over its examples."""
     rng = np.random.default_rng(seed)
-    return percentile_interval(_replicates(sample, resample_indices(sample.n, n_resamples, rng)), level)
+    return percentile_interval(replicates(sample, resample_indices(sample.n, n_resamples, rng)), level)
 
 
 AggregateFn = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -114,7 +151,7 @@ def mean_of_scaled(scales: Mapping[str, float]) -> AggregateFn:
     return combine
 
 
-def _joint_indices(samples: Mapping[str, Sample], n_resamples: int, seed: int) -> dict[str, np.ndarray]:
+def joint_indices(samples: Mapping[str, Sample], n_resamples: int, seed: int) -> dict[str, np.ndarray]:
     """One index matrix per metric; metrics over the same examples (same ids) share it, as they should."""
     rng = np.random.default_rng(seed)
     by_ids: dict[tuple[str, ...], np.ndarray] = {}
@@ -130,8 +167,8 @@ def _joint_indices(samples: Mapping[str, Sample], n_resamples: int, seed: int) -
 def aggregate_ci(samples: Mapping[str, Sample], combine: AggregateFn, *, n_resamples: int = N_RESAMPLES,
                  seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
     """Interval of an aggregate of several metrics, every task's examples resampled in each replicate."""
-    idx = _joint_indices(samples, n_resamples, seed)
-    return percentile_interval(combine({name: _replicates(s, idx[name]) for name, s in samples.items()}), level)
+    idx = joint_indices(samples, n_resamples, seed)
+    return percentile_interval(combine({name: replicates(s, idx[name]) for name, s in samples.items()}), level)
 
 
 @dataclass(frozen=True)
@@ -192,12 +229,21 @@ def randomisation_p(pairs: Mapping[str, tuple[Sample, Sample]], combine: Aggrega
     return (1 + extreme) / (1 + n_permutations)
 
 
+def paired_ci(a: Sample, b: Sample, statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
+              n_resamples: int = N_RESAMPLES, seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
+    """Bootstrap interval of ``statistic(value_a, value_b)`` (vectorised over replicates), the same resampled
+    examples for both models: e.g. ``a − b``, or a relative degradation ``(a − b) / a``."""
+    b = b.aligned_to(a.ids)
+    idx = resample_indices(a.n, n_resamples, np.random.default_rng(seed))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return percentile_interval(statistic(replicates(a, idx), replicates(b, idx)), level)
+
+
 def compare(a: Sample, b: Sample, *, n_resamples: int = N_RESAMPLES, seed: int = 0,
             level: float = LEVEL) -> Comparison:
     """Paired comparison of one metric of two models evaluated on the same examples."""
     b = b.aligned_to(a.ids)
-    idx = resample_indices(a.n, n_resamples, np.random.default_rng(seed))
-    ci = percentile_interval(_replicates(a, idx) - _replicates(b, idx), level)
+    ci = paired_ci(a, b, np.subtract, n_resamples=n_resamples, seed=seed, level=level)
     if a.is_binary and b.is_binary:
         p, test = exact_mcnemar_p(a.numerators, b.numerators), "exact McNemar"
     else:
@@ -211,8 +257,8 @@ def compare_aggregate(a: Mapping[str, Sample], b: Mapping[str, Sample], combine:
     if set(a) != set(b):
         raise ValueError(f"aggregate comparison needs the same metrics on both sides: {sorted(a)} vs {sorted(b)}")
     b = {name: b[name].aligned_to(a[name].ids) for name in a}
-    idx = _joint_indices(a, n_resamples, seed)
-    reps = combine({n: _replicates(a[n], idx[n]) for n in a}) - combine({n: _replicates(b[n], idx[n]) for n in a})
+    idx = joint_indices(a, n_resamples, seed)
+    reps = combine({n: replicates(a[n], idx[n]) for n in a}) - combine({n: replicates(b[n], idx[n]) for n in a})
     diff = float(np.asarray(combine({n: np.asarray(a[n].value) for n in a}))
                  - np.asarray(combine({n: np.asarray(b[n].value) for n in a})))
     p = randomisation_p({n: (a[n], b[n]) for n in a}, combine, seed=seed)

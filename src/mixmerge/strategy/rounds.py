@@ -146,7 +146,7 @@ def run(cfg: Mapping[str, Any], *, store, run_dir: Path, tracker) -> float | Non
         current = Variant(name, model.path, model.key)
         seen += rnd["add"]
         heldout = {t: tasks[t] for t in seen}
-        metrics = dict(ensure_evaluation(cfg, store, current, heldout)) if cfg["eval"].get("enabled", True) else {}
+        metrics = dict(ensure_evaluation(cfg, store, current, heldout).metrics) if cfg["eval"].get("enabled", True) else {}
         for t in seen:
             if tasks[t].info.get("source") == "repair":
                 metrics.update(_repair_exact_match(cfg, store, current, tasks[t], t))
