@@ -22,16 +22,18 @@ def validate_objective(objective: Mapping[str, Any]) -> None:
     if statistic not in STATISTICS:
         raise ValueError(f"objective.statistic={statistic!r} must be one of {list(STATISTICS)}: mean (the metric "
                          "itself) or lcb (the worse end of its 95 % interval)")
-    for direction in _directions(objective.get("direction", "maximize"), 1):
+    metric = objective.get("metric")
+    n = len(metric) if isinstance(metric, list | tuple) else 1
+    for direction in _directions(objective.get("direction", "maximize"), n):
         if direction not in DIRECTIONS:
             raise ValueError(f"objective.direction={direction!r} must be 'maximize' or 'minimize'")
 
 
 def _directions(direction: Any, n: int) -> list[str]:
     """One direction per objective metric; a single direction applies to all of them."""
-    if isinstance(direction, str):
-        return [direction] * n
-    directions = [str(d) for d in direction]
+    directions = [direction] if isinstance(direction, str) else [str(d) for d in direction]
+    if len(directions) == 1:
+        return directions * n
     if len(directions) != n and n != 1:
         raise ValueError(f"objective.direction={directions} has {len(directions)} entries for {n} objective "
                          "metric(s); give one direction, or one per entry of objective.metric")
@@ -63,8 +65,6 @@ def objective_values(objective: Mapping[str, Any], variant: Mapping[str, Any]) -
     validate_objective(objective)
     metrics = objective["metric"] if isinstance(objective["metric"], list | tuple) else [objective["metric"]]
     directions = _directions(objective.get("direction", "maximize"), len(metrics))
-    if len(directions) == 1:
-        directions = directions * len(metrics)
     statistic = objective.get("statistic", "mean")
     return [metric_statistic(variant, m, statistic=statistic, direction=d, where=objective.get("variant", ""))
             for m, d in zip(metrics, directions, strict=True)]
