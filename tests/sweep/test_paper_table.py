@@ -118,7 +118,7 @@ def test_sweep_verdict_is_not_separable_when_the_paired_interval_contains_zero()
               "difference_hi": 0.01, "p_value": 0.2}
     assert sweep_verdict(_verdict_rows(verdict=paired)) == (
         "Sweep verdict over 3 merges: not separable on aggregate: mixture − merge = -0.0200, 95 % CI "
-        "[-0.0500, 0.0100], p = 0.2, paired on the same examples (job 1's verdict) (mixture 0.3300 vs best merge "
+        "[-0.0500, 0.0100], p = 0.2, paired on the same examples in job 1 (mixture 0.3300 vs best merge "
         "DELLA w=0.5, job 1, 0.3500; the best of 3 merges on the same evaluation, which favours the merge).")
 
 

@@ -146,7 +146,7 @@ def _separation(best: Mapping[str, Any], mix_row: Mapping[str, Any], metric: str
         if winner not in ("mix", "merge", "not separable"):  # no stated winner: the interval decides
             winner = "not separable" if lo <= 0 <= hi else "mix" if d > 0 else "merge"
         how = (f"mixture − merge = {d:.4f}, 95 % CI [{lo:.4f}, {hi:.4f}]{_fmt_p(best.get('verdict/p_value'))}, "
-               f"paired on the same examples (job {best.get('job')}'s verdict)")
+               f"paired on the same examples in job {best.get('job')}")
         return (None if winner == "not separable" else winner), how
     m_lo, m_hi = (_number(mix_row.get(f"{mixture}/{metric}{e}")) for e in ("_lo", "_hi"))
     b_lo, b_hi = (_number(best.get(f"{merged_variant}/{metric}{e}")) for e in ("_lo", "_hi"))
@@ -155,7 +155,7 @@ def _separation(best: Mapping[str, Any], mix_row: Mapping[str, Any], metric: str
     overlap = m_lo <= b_hi and b_lo <= m_hi
     winner = None if overlap else "mix" if m_lo > b_hi else "merge"
     how = (f"unpaired: the 95 % intervals, mixture [{m_lo:.4f}, {m_hi:.4f}] and merge [{b_lo:.4f}, {b_hi:.4f}], "
-           f"{'overlap' if overlap else 'are disjoint'} (no paired verdict in metrics.json)")
+           f"{'overlap' if overlap else 'are disjoint'}; no paired verdict in metrics.json")
     return winner, how
 
 
