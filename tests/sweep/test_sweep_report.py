@@ -238,3 +238,20 @@ def test_old_sweeps_plot_without_bands(sweep_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(report, "save_figure_atomic", capture)
     assert plot_weight_sweep(collect_metrics(sweep_dir), "merged/aggregate", tmp_path / "old.png") is not None
     assert counted["bands"] == 0
+
+
+def test_replicates_spread_becomes_an_sd_column(tmp_path):
+    root = tmp_path / "rep"
+    _ci_job(root, "0", "ties", 0.5, 0.42, 0.04)
+    path = root / "0" / "metrics.json"
+    data = json.loads(path.read_text())
+    data["variants"]["merged"].update({"seeds": {"0": {"aggregate": 0.41}, "1": {"aggregate": 0.43}},
+                                       "spread": {"aggregate": 0.0141, "codegen/loss": None}})
+    path.write_text(json.dumps(data))
+    rows = collect_metrics(root)
+    assert rows[0]["merged/aggregate_sd"] == 0.0141 and "merged/codegen/loss_sd" not in rows[0]
+    paths = write_report(rows, tmp_path / "report", metric="merged/aggregate")
+    header = paths["csv"].read_text().splitlines()[0].split(",")
+    i = header.index("merged/aggregate")
+    assert header[i:i + 4] == ["merged/aggregate", "merged/aggregate_lo", "merged/aggregate_hi", "merged/aggregate_sd"]
+    assert "| 0.42 [0.38, 0.46] sd=0.0141 |" in paths["markdown"].read_text()

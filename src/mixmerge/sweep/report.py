@@ -8,6 +8,7 @@ values), and ``best_per_method`` picks the best row of each merge method.
 
 Intervals: a metric with a ``ci95`` in metrics.json gets ``<column>_lo`` / ``<column>_hi`` columns in
 the CSV; the Markdown tables show it as ``value [lo, hi]`` and the weight-sweep plots draw it as a band.
+With replicates, the standard deviation over seeds (``spread``) is ``<column>_sd``, shown as ``sd=…``.
 metrics.json files written before intervals existed (no ``ci95``) simply show none.
 """
 
@@ -26,8 +27,11 @@ METRICS_FILE = "metrics.json"
 # Row keys every report starts with; metric columns follow, sorted.
 LEAD_COLUMNS = ("job", "method", "weight", "objective", "overrides")
 MERGE_PARAMS = ("density", "epsilon", "gamma", "lambda")
-# Suffixes of a column's 95 % interval bounds (``merged/aggregate_lo``), right after the column itself.
+# Suffixes of a column's 95 % interval bounds (``merged/aggregate_lo``) and of its standard deviation over
+# seeds (``_sd``), right after the column itself in the CSV.
 INTERVAL_SUFFIXES = ("_lo", "_hi")
+SPREAD_SUFFIX = "_sd"
+COMPANION_SUFFIXES = (*INTERVAL_SUFFIXES, SPREAD_SUFFIX)
 
 
 def _read_overrides(job_dir: Path) -> list[str]:
@@ -60,16 +64,19 @@ def _interval(value: Any, where: str) -> tuple[float, float] | None:
                      "rewrite that metrics.json or remove the job from the sweep directory")
 
 
-def _put(row: dict[str, Any], column: str, value: Any, interval: Any, where: str) -> None:
+def _put(row: dict[str, Any], column: str, value: Any, interval: Any, where: str, spread: Any = None) -> None:
     row[column] = value
     bounds = _interval(interval, f"{where} {column}")
     if bounds is not None:
         row[column + "_lo"], row[column + "_hi"] = bounds
+    if _is_number(spread):
+        row[column + SPREAD_SUFFIX] = float(spread)
 
 
 def flatten_job(metrics: Mapping[str, Any], job: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """One row: job id, merge method and parameters, objective(s) and what they were computed from,
-    ``<variant>/<task>/<metric>`` values with their ``_lo``/``_hi`` interval bounds, and the run's verdict
+    ``<variant>/<task>/<metric>`` values with their ``_lo``/``_hi`` interval bounds and ``_sd`` spread over
+    seeds, and the run's verdict
     (``verdict/winner``, ``verdict/difference`` = mixture − merge with bounds, ``verdict/p_value``)."""
     config = metrics.get("config") or {}
     row: dict[str, Any] = {"job": job, "method": _get(config, "merge.method"),
@@ -92,9 +99,9 @@ def flatten_job(metrics: Mapping[str, Any], job: str, overrides: Sequence[str] =
     where = f"job {job}"
     for variant, body in (metrics.get("variants") or {}).items():
         body = body or {}
-        intervals = body.get("ci95") or {}
+        intervals, spread = body.get("ci95") or {}, body.get("spread") or {}
         for name, value in (body.get("metrics") or {}).items():
-            _put(row, f"{variant}/{name}", value, intervals.get(name), where)
+            _put(row, f"{variant}/{name}", value, intervals.get(name), where, spread.get(name))
     verdict = metrics.get("verdict")
     if isinstance(verdict, Mapping):
         row["verdict/winner"] = verdict.get("winner")
@@ -121,25 +128,25 @@ def collect_metrics(sweep_dir: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=order)
 
 
-def interval_columns(columns: Iterable[str]) -> set[str]:
-    """The ``<column>_lo`` / ``<column>_hi`` columns among ``columns`` whose ``<column>`` is there too."""
+def companion_columns(columns: Iterable[str]) -> set[str]:
+    """The ``<column>_lo`` / ``_hi`` / ``_sd`` columns among ``columns`` whose ``<column>`` is there too."""
     columns = set(columns)
-    return {c for c in columns if c.endswith(INTERVAL_SUFFIXES) and c[:-3] in columns}
+    return {c for c in columns if c.endswith(COMPANION_SUFFIXES) and c[:-3] in columns}
 
 
 def columns_of(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     """Every column of ``rows``: job, method, weight, merge parameters, objectives, the metrics sorted (each
-    followed by its ``_lo``/``_hi`` bounds), the overrides last."""
+    followed by its ``_lo``/``_hi`` bounds and ``_sd``), the overrides last."""
     seen: set[str] = set()
     for r in rows:
         seen.update(r)
-    bounds = interval_columns(seen)
+    bounds = companion_columns(seen)
     lead = [c for c in LEAD_COLUMNS if c in seen]
     params = [c for c in MERGE_PARAMS if c in seen]
     objectives = sorted(c for c in seen if c.startswith("objective_") and c not in bounds)
     rest = sorted(seen - set(lead) - set(params) - set(objectives) - bounds)
     with_bounds = [c for col in lead[:-1] + params + objectives + rest
-                   for c in (col, *(col + s for s in INTERVAL_SUFFIXES if col + s in bounds))]
+                   for c in (col, *(col + s for s in COMPANION_SUFFIXES if col + s in bounds))]
     return with_bounds + lead[-1:]
 
 
@@ -185,17 +192,20 @@ def interval_of(row: Mapping[str, Any], column: str) -> tuple[float, float] | No
 
 
 def format_cell(row: Mapping[str, Any], column: str) -> str:
-    """``value [lo, hi]`` when the column has an interval in this row, else the value alone."""
+    """``value [lo, hi]`` when the column has an interval in this row (`` sd=…`` after it with a spread
+    over seeds), else the value alone."""
     text = _fmt(row.get(column))
     interval = interval_of(row, column)
     if interval is not None and text:
         text += f" [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+    if _is_number(row.get(column + SPREAD_SUFFIX)) and text:
+        text += f" sd={_fmt(float(row[column + SPREAD_SUFFIX]))}"
     return text
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """A Markdown table; interval bound columns are folded into their column as ``value [lo, hi]``."""
-    columns = [c for c in columns if c not in interval_columns(columns)]
+    """A Markdown table; bound and spread columns are folded into their column (``format_cell``)."""
+    columns = [c for c in columns if c not in companion_columns(columns)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(format_cell(r, c) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -344,7 +354,7 @@ def write_report(rows: Sequence[Mapping[str, Any]], out_dir: Path, metric: str =
     md.append(markdown_table(list(best.values()), best_cols) if best else "_no finite values_\n")
     md += ["\n## All jobs\n", markdown_table(rows, cols)]
 
-    bounds = interval_columns(cols)
+    bounds = companion_columns(cols)
     metric_cols = [c for c in cols if c.startswith("merged/") and c not in bounds] or [metric]
     for m in metric_cols:
         png = plot_weight_sweep(rows, m, out_dir / f"weight_sweep_{m.replace('/', '_')}.png")
