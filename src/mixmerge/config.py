@@ -178,6 +178,13 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     from mixmerge.strategy import STRATEGIES
 
     validate_known_keys(cfg)
+    if cfg.get("objective"):
+        from mixmerge.sweep.objective import validate_objective
+
+        try:  # objective.statistic / direction checked before any training, not when the run returns
+            validate_objective(cfg["objective"])
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     _check_replicates(cfg.get("replicates"))
     rebuild = (cfg.get("cache") or {}).get("rebuild_broken", False)

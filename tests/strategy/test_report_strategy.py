@@ -56,3 +56,39 @@ def test_a_quick_sweep_says_what_the_paper_table_needs(tmp_path, capsys):
     out = _report(tmp_path, sweep, capsys)
     assert "No job has codegen/humaneval_pass@1, codegen/mbpp_pass@1, codesum/bleu4: the paper-style table" in out
     assert "Sweep verdict over 1 merge: winner = merge by 0.1000 aggregate" in out
+
+
+def test_report_with_intervals_shows_them_and_says_not_separable(tmp_path, capsys):
+    """metrics.json in the shape with ci95, n and the run's paired verdict (mixture − merge on the aggregate)."""
+    sweep = tmp_path / "sweep"
+    for i, (weight, merged_he, merged_agg, verdict_ci) in enumerate([(0.3, 0.36, 0.26, [-0.05, 0.01]),
+                                                                     (0.7, 0.38, 0.24, [-0.03, 0.03])]):
+        variants = {}
+        for name, metrics in {**REFERENCE, "merged": {"codegen/humaneval_pass@1": merged_he, "codesum/bleu4": 16.0,
+                                                      "aggregate": merged_agg}}.items():
+            variants[name] = {"metrics": metrics, "artifact": name,
+                              "ci95": {k: [round(v * 0.9, 6), round(v * 1.1, 6)] for k, v in metrics.items()},
+                              "n": {k: 164 for k in metrics}}
+        diff = REFERENCE["mixture"]["aggregate"] - merged_agg
+        job = sweep / str(i)
+        job.mkdir(parents=True)
+        (job / "metrics.json").write_text(json.dumps({
+            "variants": variants, "comparisons": [],
+            "verdict": {"winner": "not separable", "best_merge": "merged", "difference": diff, "ci95": verdict_ci,
+                        "p_value": 0.4},
+            "objective": merged_agg,
+            "config": {"merge": {"method": "ties", "weight": weight},
+                       "objective": {"variant": "merged", "metric": "aggregate", "direction": "maximize",
+                                     "statistic": "mean"}}}))
+    out = _report(tmp_path, sweep, capsys)
+    # the paper table takes each method at its best column average (w=0.7 here), the verdict its best aggregate
+    assert "| TIES (w=0.7) | 38.0 [34.2, 41.8] | — | 16.0 [14.4, 17.6] | 27.0 | 12.5 |" in out
+    assert "| Data mixture | 30.0 [27.0, 33.0] | — | 18.0 [16.2, 19.8] | 24.0 | 17.5 |" in out
+    assert ("Sweep verdict over 2 merges: not separable on aggregate: mixture − merge = -0.0200, 95 % CI "
+            "[-0.0500, 0.0100], p = 0.4, paired on the same examples in job 0 (mixture 0.2400 vs best merge TIES w=0.3, "
+            "job 0, 0.2600; the best of 2 merges on the same evaluation, which favours the merge).") in out
+    assert "best ties: objective=0.26 job=0" in out
+    report_md = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "| ties | 0 | 0.3 | 0.26 | mean | 0.26 [0.234, 0.286] |" in report_md
+    header = (tmp_path / "run" / "report" / "report.csv").read_text().splitlines()[0].split(",")
+    assert header[header.index("merged/aggregate") + 1:][:2] == ["merged/aggregate_lo", "merged/aggregate_hi"]

@@ -10,7 +10,6 @@ the mixture (and so the merge) under several seeds and reports the mean with the
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,15 @@ log = logging.getLogger(__name__)
 
 
 def objective_value(cfg: Mapping[str, Any], results: Mapping[str, Mapping]) -> float | list[float] | None:
-    """The number(s) a sweeper optimises: ``objective.variant`` / ``objective.metric`` (a list = multi-objective)."""
+    """The number(s) a sweeper optimises: ``objective.variant`` / ``objective.metric`` (a list = multi-objective)
+    under ``objective.statistic`` (mean: the metric; lcb: the worse end of its ci95, see sweep/objective.py)."""
+    from mixmerge.sweep.objective import objective_values
+
     obj = cfg["objective"]
     variant = results.get(obj["variant"])
     if variant is None:
         return None
-    metric_names = obj["metric"] if isinstance(obj["metric"], list) else [obj["metric"]]
-    values = [float(variant["metrics"].get(m, math.nan)) for m in metric_names]
+    values = objective_values(obj, variant)
     return values if isinstance(obj["metric"], list) else values[0]
 
 

@@ -5,6 +5,11 @@ config) next to Hydra's ``.hydra/overrides.yaml``. ``collect_metrics`` flattens 
 ``write_report`` writes ``report.csv``, ``report.md`` and plots (merged-model metric vs ``merge.weight`` per
 method, with the specialists and the mixture as reference lines; the Pareto front when the objective has two
 values), and ``best_per_method`` picks the best row of each merge method.
+
+Intervals: a metric with a ``ci95`` in metrics.json gets ``<column>_lo`` / ``<column>_hi`` columns in
+the CSV; the Markdown tables show it as ``value [lo, hi]`` and the weight-sweep plots draw it as a band.
+With replicates, the standard deviation over seeds (``spread``) is ``<column>_sd``, shown as ``sd=…``.
+metrics.json files written before intervals existed (no ``ci95``) simply show none.
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ METRICS_FILE = "metrics.json"
 # Row keys every report starts with; metric columns follow, sorted.
 LEAD_COLUMNS = ("job", "method", "weight", "objective", "overrides")
 MERGE_PARAMS = ("density", "epsilon", "gamma", "lambda")
+# Suffixes of a column's 95 % interval bounds (``merged/aggregate_lo``) and of its standard deviation over
+# seeds (``_sd``), right after the column itself in the CSV.
+INTERVAL_SUFFIXES = ("_lo", "_hi")
+SPREAD_SUFFIX = "_sd"
+COMPANION_SUFFIXES = (*INTERVAL_SUFFIXES, SPREAD_SUFFIX)
 
 
 def _read_overrides(job_dir: Path) -> list[str]:
@@ -43,8 +53,31 @@ def _get(config: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
+def _interval(value: Any, where: str) -> tuple[float, float] | None:
+    """A ci95 entry as (lo, hi); None when absent or null (a metric without per-example data)."""
+    if value is None:
+        return None
+    if (isinstance(value, list | tuple) and len(value) == 2
+            and all(isinstance(b, int | float) and not isinstance(b, bool) for b in value)):
+        return float(value[0]), float(value[1])
+    raise ValueError(f"{where}: a ci95 entry must be [lo, hi] or null, got {value!r}; "
+                     "rewrite that metrics.json or remove the job from the sweep directory")
+
+
+def _put(row: dict[str, Any], column: str, value: Any, interval: Any, where: str, spread: Any = None) -> None:
+    row[column] = value
+    bounds = _interval(interval, f"{where} {column}")
+    if bounds is not None:
+        row[column + "_lo"], row[column + "_hi"] = bounds
+    if _is_number(spread):
+        row[column + SPREAD_SUFFIX] = float(spread)
+
+
 def flatten_job(metrics: Mapping[str, Any], job: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """One row: job id, merge method and parameters, objective(s), ``<variant>/<task>/<metric>`` values."""
+    """One row: job id, merge method and parameters, objective(s) and what they were computed from,
+    ``<variant>/<task>/<metric>`` values with their ``_lo``/``_hi`` interval bounds and ``_sd`` spread over
+    seeds, and the run's verdict
+    (``verdict/winner``, ``verdict/difference`` = mixture − merge with bounds, ``verdict/p_value``)."""
     config = metrics.get("config") or {}
     row: dict[str, Any] = {"job": job, "method": _get(config, "merge.method"),
                            "weight": _get(config, "merge.weight"), "overrides": " ".join(overrides)}
@@ -59,9 +92,22 @@ def flatten_job(metrics: Mapping[str, Any], job: str, overrides: Sequence[str] =
         row["objective"] = objective[0] if len(objective) == 1 else None
     else:
         row["objective"] = objective
+    source = config.get("objective") if isinstance(config.get("objective"), Mapping) else None
+    if source and source.get("variant") and isinstance(source.get("metric"), str):
+        row["objective_source"] = f"{source['variant']}/{source['metric']}"
+        row["objective_statistic"] = source.get("statistic", "mean")
+    where = f"job {job}"
     for variant, body in (metrics.get("variants") or {}).items():
-        for name, value in ((body or {}).get("metrics") or {}).items():
-            row[f"{variant}/{name}"] = value
+        body = body or {}
+        intervals, spread = body.get("ci95") or {}, body.get("spread") or {}
+        for name, value in (body.get("metrics") or {}).items():
+            _put(row, f"{variant}/{name}", value, intervals.get(name), where, spread.get(name))
+    verdict = metrics.get("verdict")
+    if isinstance(verdict, Mapping):
+        row["verdict/winner"] = verdict.get("winner")
+        row["verdict/best_merge"] = verdict.get("best_merge")
+        _put(row, "verdict/difference", verdict.get("difference"), verdict.get("ci95"), where)
+        row["verdict/p_value"] = verdict.get("p_value")
     return row
 
 
@@ -82,15 +128,26 @@ def collect_metrics(sweep_dir: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=order)
 
 
+def companion_columns(columns: Iterable[str]) -> set[str]:
+    """The ``<column>_lo`` / ``_hi`` / ``_sd`` columns among ``columns`` whose ``<column>`` is there too."""
+    columns = set(columns)
+    return {c for c in columns if c.endswith(COMPANION_SUFFIXES) and c[:-3] in columns}
+
+
 def columns_of(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Every column of ``rows``: job, method, weight, merge parameters, objectives, the metrics sorted (each
+    followed by its ``_lo``/``_hi`` bounds and ``_sd``), the overrides last."""
     seen: set[str] = set()
     for r in rows:
         seen.update(r)
+    bounds = companion_columns(seen)
     lead = [c for c in LEAD_COLUMNS if c in seen]
     params = [c for c in MERGE_PARAMS if c in seen]
-    objectives = sorted(c for c in seen if c.startswith("objective_"))
-    rest = sorted(seen - set(lead) - set(params) - set(objectives))
-    return lead[:-1] + params + objectives + rest + lead[-1:]
+    objectives = sorted(c for c in seen if c.startswith("objective_") and c not in bounds)
+    rest = sorted(seen - set(lead) - set(params) - set(objectives) - bounds)
+    with_bounds = [c for col in lead[:-1] + params + objectives + rest
+                   for c in (col, *(col + s for s in COMPANION_SUFFIXES if col + s in bounds))]
+    return with_bounds + lead[-1:]
 
 
 def reference_variants(rows: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -128,37 +185,89 @@ def _fmt(v: Any) -> str:
     return str(v).replace("|", "\\|")
 
 
+def interval_of(row: Mapping[str, Any], column: str) -> tuple[float, float] | None:
+    """``column``'s 95 % interval in ``row`` (its ``_lo``/``_hi`` entries), or None when it has none."""
+    lo, hi = row.get(column + "_lo"), row.get(column + "_hi")
+    return (float(lo), float(hi)) if _is_number(lo) and _is_number(hi) else None
+
+
+def format_cell(row: Mapping[str, Any], column: str) -> str:
+    """``value [lo, hi]`` when the column has an interval in this row (`` sd=…`` after it with a spread
+    over seeds), else the value alone."""
+    text = _fmt(row.get(column))
+    interval = interval_of(row, column)
+    if interval is not None and text:
+        text += f" [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+    if _is_number(row.get(column + SPREAD_SUFFIX)) and text:
+        text += f" sd={_fmt(float(row[column + SPREAD_SUFFIX]))}"
+    return text
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """A Markdown table; bound and spread columns are folded into their column (``format_cell``)."""
+    columns = [c for c in columns if c not in companion_columns(columns)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(format_cell(r, c) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def weight_sweep_series(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[str, dict[str, Any]]:
+    """What the weight-sweep figure draws, as numpy arrays (NaN bounds where a job has no interval).
+
+    ``{"lines": {method: {"weight", "value", "lo", "hi"}}, "references": {variant: {"value", "lo", "hi"}}}``:
+    one line per merge method sorted by weight; for a ``merged/<metric>`` figure, the reference variants'
+    mean value and mean bounds over the jobs that report them (cached, so equal in every job)."""
+    import numpy as np
+
+    lines: dict[str, dict[str, Any]] = {}
+    pts = [r for r in rows if _is_number(r.get("weight")) and _is_number(r.get(metric))]
+    for method in sorted({str(r["method"]) for r in pts}):
+        mine = sorted(((float(r["weight"]), float(r[metric]), *(interval_of(r, metric) or (np.nan, np.nan)))
+                       for r in pts if str(r["method"]) == method), key=lambda p: p[:2])
+        weight, value, lo, hi = (np.array(col, dtype=float) for col in zip(*mine, strict=True))
+        lines[method] = {"weight": weight, "value": value, "lo": lo, "hi": hi}
+    references: dict[str, dict[str, float]] = {}
+    suffix = metric.split("/", 1)[1] if metric.startswith("merged/") else None
+    for ref in reference_variants(rows) if suffix else ():
+        column = f"{ref}/{suffix}"
+        values = [float(r[column]) for r in rows if _is_number(r.get(column))]
+        bounds = [b for r in rows if (b := interval_of(r, column)) is not None]
+        if values:
+            references[ref] = {"value": float(np.mean(values)),
+                               "lo": float(np.mean([b[0] for b in bounds])) if bounds else np.nan,
+                               "hi": float(np.mean([b[1] for b in bounds])) if bounds else np.nan}
+    return {"lines": lines, "references": references}
 
 
 def plot_weight_sweep(rows: Sequence[Mapping[str, Any]], metric: str, path: Path) -> Path | None:
     """``metric`` of the merged model vs ``merge.weight``, one line per method; dashed lines mark the
-    specialists and the mixture (their mean over jobs) as in the paper's weight-sweep figure."""
-    pts = [(str(r["method"]), float(r["weight"]), float(r[metric])) for r in rows
-           if _is_number(r.get("weight")) and _is_number(r.get(metric))]
-    if not pts:
+    specialists and the mixture (their mean over jobs) as in the paper's weight-sweep figure. Shaded
+    bands are the 95 % intervals, where the jobs' metrics.json carry them (``weight_sweep_series``)."""
+    series = weight_sweep_series(rows, metric)
+    if not series["lines"]:
         return None
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method in sorted({m for m, _, _ in pts}):
-        xy = sorted((w, v) for m, w, v in pts if m == method)
-        ax.plot([w for w, _ in xy], [v for _, v in xy], marker="o", label=f"merged: {method}")
-    suffix = metric.split("/", 1)[1] if metric.startswith("merged/") else None
-    if suffix:
-        for i, ref in enumerate(reference_variants(rows)):
-            color = "0.5" if ref == "base" else f"C{6 + i % 4}"
-            vals = [float(r[f"{ref}/{suffix}"]) for r in rows if _is_number(r.get(f"{ref}/{suffix}"))]
-            if vals:
-                ax.axhline(sum(vals) / len(vals), linestyle="--", linewidth=1, color=color, label=ref)
+    for method, line in series["lines"].items():
+        (drawn,) = ax.plot(line["weight"], line["value"], marker="o", label=f"merged: {method}")
+        has = np.isfinite(line["lo"]) & np.isfinite(line["hi"])
+        if has.any():
+            ax.fill_between(line["weight"], np.where(has, line["lo"], line["value"]),
+                            np.where(has, line["hi"], line["value"]), where=has, color=drawn.get_color(),
+                            alpha=0.2, linewidth=0)
+    for i, (ref, ref_line) in enumerate(series["references"].items()):
+        color = "0.5" if ref == "base" else f"C{6 + i % 4}"
+        ax.axhline(ref_line["value"], linestyle="--", linewidth=1, color=color, label=ref)
+        if np.isfinite(ref_line["lo"]) and np.isfinite(ref_line["hi"]):
+            ax.axhspan(ref_line["lo"], ref_line["hi"], color=color, alpha=0.1, linewidth=0)
     ax.set_xlabel("merge.weight (share of the first specialist)")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(metric + (" (bands: 95 % interval)" if any(
+        np.isfinite(line["lo"]).any() for line in series["lines"].values()) else ""))
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     save_figure_atomic(fig, path, dpi=120, bbox_inches="tight")
@@ -237,12 +346,16 @@ def write_report(rows: Sequence[Mapping[str, Any]], out_dir: Path, metric: str =
     best = best_per_method(rows, metric, maximize)
     md = [f"# Sweep report ({len(rows)} jobs)\n", "## Best configuration per method "
           f"({'max' if maximize else 'min'} {metric})\n"]
-    best_cols = [c for c in ("method", "job", "weight", *MERGE_PARAMS, metric, "overrides")
-                 if any(c in b for b in best.values())]
+    # Ranked by the objective: also show the metric it was computed from, with its interval.
+    sources = sorted({b["objective_source"] for b in best.values() if "objective_source" in b}) \
+        if metric == "objective" else []
+    best_cols = [c for c in ("method", "job", "weight", *MERGE_PARAMS, metric, "objective_statistic", *sources,
+                             "overrides") if any(c in b for b in best.values())]
     md.append(markdown_table(list(best.values()), best_cols) if best else "_no finite values_\n")
     md += ["\n## All jobs\n", markdown_table(rows, cols)]
 
-    metric_cols = [c for c in cols if c.startswith("merged/")] or [metric]
+    bounds = companion_columns(cols)
+    metric_cols = [c for c in cols if c.startswith("merged/") and c not in bounds] or [metric]
     for m in metric_cols:
         png = plot_weight_sweep(rows, m, out_dir / f"weight_sweep_{m.replace('/', '_')}.png")
         if png is not None:
@@ -263,7 +376,7 @@ def write_report(rows: Sequence[Mapping[str, Any]], out_dir: Path, metric: str =
 
 def format_best(best: Mapping[str, Mapping[str, Any]], metric: str = "objective") -> str:
     """Text for the end of a sweep: one line per method with its best value and overrides."""
-    return "\n".join(f"best {method}: {metric}={_fmt(r.get(metric))} job={r.get('job')} {r.get('overrides', '')}"
+    return "\n".join(f"best {method}: {metric}={format_cell(r, metric)} job={r.get('job')} {r.get('overrides', '')}"
                      for method, r in best.items())
 
 
