@@ -187,6 +187,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(str(err)) from None
 
     _check_replicates(cfg.get("replicates"))
+    from mixmerge.models.precision import PRECISIONS
+
+    precision = (cfg.get("trainer") or {}).get("precision", "auto")
+    _require(precision in PRECISIONS, f"trainer.precision={precision!r} is not one of {PRECISIONS}; "
+                                      "use trainer.precision=auto to let the hardware decide")
     rebuild = (cfg.get("cache") or {}).get("rebuild_broken", False)
     _require(isinstance(rebuild, bool), f"cache.rebuild_broken={rebuild!r} must be true (rebuild a damaged "
                                         "cached artifact) or false (fail naming it)")

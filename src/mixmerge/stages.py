@@ -46,6 +46,23 @@ def ensure_base(cfg: Mapping[str, Any], store: ArtifactStore) -> BaseModel:
     return base
 
 
+def precision_of(cfg: Mapping[str, Any]) -> tuple[str, str]:
+    """``trainer.precision`` resolved on this machine (``auto``: bf16-mixed where the hardware computes
+    bf16 natively, else 32-true; ``models/precision.py``), and why."""
+    from mixmerge.models.precision import resolve_precision
+
+    return resolve_precision(str(cfg["trainer"]["precision"]), accelerator=str(cfg["trainer"]["accelerator"]))
+
+
+def evaluation_dtype(cfg: Mapping[str, Any]) -> str | None:
+    """``"bfloat16"`` when evaluation forward passes of a float32 model run under bf16 autocast (the resolved
+    precision is bf16-mixed), else None: evaluation computes like training."""
+    from mixmerge.models.precision import compute_dtype_name
+
+    mixed = precision_of(cfg)[0].endswith("-mixed") and cfg["model"]["dtype"] == "float32"
+    return compute_dtype_name(precision_of(cfg)[0]) if mixed else None
+
+
 def training_config(cfg: Mapping[str, Any], train_seed: int | None = None) -> dict:
     """What determines a trained model besides its data: identical for every specialist and the mixture.
 
@@ -54,7 +71,8 @@ def training_config(cfg: Mapping[str, Any], train_seed: int | None = None) -> di
     """
     return {
         "finetune": cfg["finetune"],
-        "trainer": {k: cfg["trainer"][k] for k in TRAINER_KEYS_THAT_MATTER},
+        # ``auto`` enters the key as what it resolves to here, so a bf16 model never passes for an fp32 one
+        "trainer": {**{k: cfg["trainer"][k] for k in TRAINER_KEYS_THAT_MATTER}, "precision": precision_of(cfg)[0]},
         "seed": cfg["seed"] if train_seed is None else int(train_seed),
         "packing": cfg["task"].get("packing", True),
         "prompt_style": cfg["model"]["prompt_style"],
@@ -164,6 +182,19 @@ def _merged_in_memory(cfg, base: BaseModel, specialists: Sequence[Variant], key:
     return Variant("merged", None, key, load=load, tokenizer=base.path)
 
 
+def _autocast(model, dtype_name: str | None):
+    """bf16 autocast on the model's device for ``dtype_name``; nothing for None."""
+    import contextlib
+
+    import torch
+
+    if dtype_name is None:
+        return contextlib.nullcontext()
+    device = next(model.parameters()).device.type
+    log.info("evaluation forward passes under %s autocast on %s", dtype_name, device)
+    return torch.autocast(device_type=device, dtype=getattr(torch, dtype_name))
+
+
 def ensure_evaluation(cfg, store, variant: Variant, heldout: Mapping[str, Sequence]):
     """Evaluate ``variant`` (cached by the model's key, the eval config and the held-out data): its metrics
     and the per-example observations behind them, as an ``eval.evidence.Measured``."""
@@ -173,16 +204,18 @@ def ensure_evaluation(cfg, store, variant: Variant, heldout: Mapping[str, Sequen
 
     eval_cfg = cfg["eval"]
     data_keys = {t: getattr(h, "key", None) for t, h in heldout.items()}
+    autocast = evaluation_dtype(cfg)
     key_config = {"eval": eval_cache_config(eval_cfg), "prompt_style": cfg["model"]["prompt_style"],
-                  "data": data_keys}
+                  "data": data_keys, **({"autocast": autocast} if autocast else {})}
 
     def build(work: Path) -> dict:
         model = variant.load() if variant.load else load_model(variant.path, dtype=cfg["model"]["dtype"])
         model.eval()
         tokenizer = load_tokenizer(variant.tokenizer or variant.path)
-        metrics = evaluate_model(model, tokenizer, eval_cfg=eval_cfg,
-                                 heldout={t: h.test for t, h in heldout.items()},
-                                 prompt_style=cfg["model"]["prompt_style"], out_dir=work)
+        with _autocast(model, autocast):
+            metrics = evaluate_model(model, tokenizer, eval_cfg=eval_cfg,
+                                     heldout={t: h.test for t, h in heldout.items()},
+                                     prompt_style=cfg["model"]["prompt_style"], out_dir=work)
         if metrics:
             metrics["aggregate"] = aggregate(metrics, eval_cfg)
         write_json_atomic(work / "metrics.json", metrics)

@@ -29,3 +29,20 @@ def test_an_explicit_precision_is_kept_and_a_wrong_one_named():
     with pytest.raises(ValueError, match="trainer.precision='bf17'.*auto"):
         resolve_precision("bf17", accelerator="cpu")
     assert compute_dtype_name("bf16-mixed") == "bfloat16" and compute_dtype_name("32-true") == "float32"
+
+
+def test_auto_enters_the_cache_key_as_what_it_resolves_to_and_sets_the_evaluation_autocast(monkeypatch):
+    """An fp32 model trained where auto resolved to 32-true keeps the key of trainer.precision=32-true; where
+    the CPU has native bf16 the key says bf16-mixed and evaluation runs under bf16 autocast."""
+    from mixmerge import stages
+    from mixmerge.models import precision
+
+    cfg = {"finetune": {}, "seed": 0, "task": {}, "model": {"prompt_style": "completion", "dtype": "float32"},
+           "trainer": {"max_steps": 2, "precision": "auto", "accelerator": "cpu"}}
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: cpu_flags(AVX2_ONLY))
+    fp32 = {**cfg, "trainer": {**cfg["trainer"], "precision": "32-true"}}
+    assert stages.training_config(cfg) == stages.training_config(fp32) and stages.evaluation_dtype(cfg) is None
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: cpu_flags(SAPPHIRE))
+    assert stages.training_config(cfg)["trainer"]["precision"] == "bf16-mixed"
+    assert stages.evaluation_dtype(cfg) == "bfloat16"
+    assert stages.evaluation_dtype({**cfg, "model": {**cfg["model"], "dtype": "bfloat16"}}) is None

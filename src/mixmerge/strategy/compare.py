@@ -10,6 +10,7 @@ the mixture (and so the merge) under several seeds and reports the mean with the
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,10 +56,14 @@ def write_results(cfg, run_dir: Path, results: Mapping[str, Mapping], caption: s
                   seeds: list[int] | None = None) -> float | list | None:
     """``metrics.json`` (variants with intervals, comparisons, verdict, objective, resolved config) and
     ``metrics.md`` (the table); the objective."""
-    objective = objective_value(cfg, results)
-    write_json_atomic(run_dir / "metrics.json", _json_safe(
-        {"variants": results, "comparisons": comparisons or [], "verdict": verdict or {},
-         "seeds": seeds, "objective": objective, "config": cfg}))
+    record = {"variants": results, "comparisons": comparisons or [], "verdict": verdict or {},
+              "seeds": seeds, "objective": None, "config": cfg}
+    try:
+        objective = objective_value(cfg, results)
+    except Exception:  # e.g. objective.statistic=lcb without an interval: keep the evaluation, then fail
+        write_json_atomic(run_dir / "metrics.json", _json_safe(record))
+        raise
+    write_json_atomic(run_dir / "metrics.json", _json_safe({**record, "objective": objective}))
     if seeds and len(seeds) > 1:
         caption += (f" Trained under {len(seeds)} seeds ({', '.join(map(str, seeds))}): each value is the mean over"
                     " seeds, its interval resamples the examples (seeds fixed), sd is the spread over seeds.")

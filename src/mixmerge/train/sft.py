@@ -28,12 +28,16 @@ def build_trainer(trainer_cfg: Mapping[str, Any], finetune: Mapping[str, Any], *
                   loggers: Sequence, callbacks: Sequence = ()) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from mixmerge.models.precision import resolve_precision
+
+    precision, why = resolve_precision(str(trainer_cfg["precision"]), accelerator=str(trainer_cfg["accelerator"]))
+    log.info("training precision %s (trainer.precision=%s: %s)", precision, trainer_cfg["precision"], why)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", every_n_train_steps=int(
         trainer_cfg["checkpoint_every_n_steps"]), save_last=True, save_top_k=1, auto_insert_metric_name=False)
     return L.Trainer(
         accelerator=trainer_cfg["accelerator"],
         devices=trainer_cfg["devices"],
-        precision=trainer_cfg["precision"],
+        precision=precision,
         max_steps=int(trainer_cfg["max_steps"]),
         max_epochs=-1,
         accumulate_grad_batches=int(finetune["accumulate_grad_batches"]),
