@@ -54,8 +54,10 @@ def test_refresh_rebuilds_and_replaces_the_artifact(tmp_path):
 def test_eval_cache_key_ignores_settings_that_do_not_change_results():
     from mixmerge.eval.suite import eval_cache_config
 
-    cfg = {"seed": 0, "humaneval": {"limit": 16}, "workers": 2, "cache": True, "samples": None, "bleu": {}}
-    assert eval_cache_config(cfg) == {"seed": 0, "humaneval": {"limit": 16}}
+    cfg = {"seed": 0, "humaneval": {"limit": 16}, "workers": 2, "cache": True, "samples": None, "bleu": {},
+           "bootstrap": {"resamples": 2000}}
+    # the format version: an evaluation cached before samples.json existed is not reused
+    assert eval_cache_config(cfg) == {"seed": 0, "humaneval": {"limit": 16}, "_format": 2}
     assert content_key("eval", eval_cache_config({**cfg, "workers": 8, "cache": False})) == \
         content_key("eval", eval_cache_config(cfg))
     assert content_key("eval", eval_cache_config({**cfg, "seed": 1})) != content_key("eval", eval_cache_config(cfg))
