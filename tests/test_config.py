@@ -133,3 +133,20 @@ def test_metric_names_below_aggregate_terms_are_free():
 def test_bad_rebuild_broken_value_names_the_field():
     with pytest.raises(ConfigError, match=r"cache\.rebuild_broken='sometimes' must be true"):
         validate_config(_compose(["cache.rebuild_broken=sometimes"]))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["replicates=0"], r"replicates=0 must be at least 1"),
+    (["replicates=[1,1]"], r"replicates=\[1, 1\].*distinct integers"),
+    (["replicates=two"], r"replicates='two' is not a count or a list of seeds"),
+    (["eval.bootstrap.resamples=200"], r"eval\.bootstrap\.resamples=200 must be an integer of at least 1000"),
+    (["trainer.precision=bf32"], r"trainer\.precision='bf32' is not one of .*trainer\.precision=auto"),
+])
+def test_bad_replicates_resamples_and_precision_name_the_field_and_the_fix(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(_compose(overrides))
+
+
+@pytest.mark.parametrize("overrides", [["replicates=3"], ["replicates=[0,7,42]"], ["eval.bootstrap.resamples=1000"]])
+def test_good_replicates_and_resamples_are_accepted(overrides):
+    validate_config(_compose(overrides))

@@ -65,7 +65,7 @@ def test_metrics_json_has_intervals_comparisons_and_a_verdict(first_run):
                 continue
             assert ci[0] - 1e-12 <= value <= ci[1] + 1e-12, (name, key, ci, value)
         assert variant["n"]["codegen/humaneval_pass@1"] == 2 and variant["n"]["codegen/loss"] == 4
-        assert variant["n"]["aggregate"] == 4  # 2 HumanEval problems + 2 summaries, resampled jointly
+        assert variant["n"]["aggregate"] == 8  # 4 held-out examples per task (its loss terms), resampled jointly
     rows = {(c["a"], c["b"], c["metric"]): c for c in metrics["comparisons"]}
     for key in (("mixture", "merged", "aggregate"), ("merged", "specialist/codegen", "codegen/humaneval_pass@1"),
                 ("specialist/codesum", "base", "codesum/loss"), ("mixture", "base", "lm_eval/pydoc_next/acc")):
@@ -157,6 +157,6 @@ def test_debug_config_runs_the_whole_loop_on_the_tiny_model(tmp_path):
         assert sorted(m) == ["aggregate", "codegen/humaneval_pass@1", "codegen/loss", "codesum/bleu4", "codesum/loss",
                              "lm_eval/pydoc_next/acc", "lm_eval/pydoc_next/acc_norm", "lm_eval/pydoc_next/acc_norm_stderr",
                              "lm_eval/pydoc_next/acc_stderr"]
-        assert m["aggregate"] == pytest.approx((m["codegen/humaneval_pass@1"] + 0.01 * m["codesum/bleu4"]) / 2), name
+        assert m["aggregate"] == pytest.approx(-(m["codegen/loss"] + m["codesum/loss"]) / 2), name
     assert metrics["objective"] == metrics["variants"]["merged"]["metrics"]["aggregate"]
     assert "a seeded subset of 2 of the 164 HumanEval problems" in proc.stdout and "Recommendation:" in proc.stdout
