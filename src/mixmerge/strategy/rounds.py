@@ -120,8 +120,10 @@ def _repair_exact_match(cfg, store, variant, splits, task: str) -> dict[str, flo
 def run(cfg: Mapping[str, Any], *, store, run_dir: Path, tracker) -> float | None:
     """Round by round: specialists → merge into the main model → evaluate on all tasks seen → report."""
     from mixmerge.data import load_tasks
+    from mixmerge.eval.evidence import intervals
     from mixmerge.models import BaseModel
     from mixmerge.stages import Variant, ensure_base, ensure_evaluation, ensure_merged, ensure_specialist
+    from mixmerge.sweep.objective import metric_statistic
 
     strategy = cfg["strategy"]
     mode = strategy.get("base_mode", "previous")
@@ -146,19 +148,28 @@ def run(cfg: Mapping[str, Any], *, store, run_dir: Path, tracker) -> float | Non
         current = Variant(name, model.path, model.key)
         seen += rnd["add"]
         heldout = {t: tasks[t] for t in seen}
-        metrics = dict(ensure_evaluation(cfg, store, current, heldout).metrics) if cfg["eval"].get("enabled", True) else {}
+        measured = ensure_evaluation(cfg, store, current, heldout) if cfg["eval"].get("enabled", True) else None
+        metrics = dict(measured.metrics) if measured else {}
+        ci95, n = intervals(measured, cfg["eval"], seed=int(cfg["eval"].get("seed", 0)),
+                            n_resamples=int((cfg["eval"].get("bootstrap") or {}).get("resamples", 2000))
+                            ) if measured else ({}, {})
         for t in seen:
             if tasks[t].info.get("source") == "repair":
                 metrics.update(_repair_exact_match(cfg, store, current, tasks[t], t))
+        for m in metrics:  # a metric measured outside the evaluation stage carries no per-example data here
+            ci95.setdefault(m, None)
+            n.setdefault(m, None)
         log.info("round %d (+%s, %s): %s", k, rnd["add"], (rnd["merge"] or {}).get("method", "no merge"), metrics)
         rows.append({"round": k, "added": rnd["add"], "tasks_seen": list(seen),
                      "merge": rnd["merge"], "base_mode": mode, "artifact": str(current.path), "key": current.key,
-                     "metrics": metrics})
+                     "metrics": metrics, "ci95": ci95, "n": n})
         tracker.log_metrics({f"{name}/{m}": v for m, v in metrics.items()})
     write_rounds_report(rows, run_dir)
     # The sweeper's number: the last round's objective.metric (multi-objective lists are not supported here).
     metric = cfg["objective"].get("metric", "aggregate")
-    objective = rows[-1]["metrics"].get(metric) if isinstance(metric, str) else None
+    objective = metric_statistic(rows[-1], metric, statistic=cfg["objective"].get("statistic", "mean"),
+                                 direction=cfg["objective"].get("direction", "maximize"), where=f"round {rows[-1]['round']}"
+                                 ) if isinstance(metric, str) and metric in rows[-1]["metrics"] else None
     tracker.log_summary({"objective": objective})
     return objective
 
