@@ -50,7 +50,7 @@ def test_metrics_json_has_every_variant_and_metric(first_run):
     for variant in metrics["variants"].values():  # the default retention check (lm-eval, local task)
         assert variant["metrics"]["lm_eval/pydoc_next/acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)
         assert variant["metrics"]["lm_eval/pydoc_next/acc_stderr"] >= 0.0
-    assert "Forgetting check:" in proc.stdout and "paired" in proc.stdout
+    assert "Forgetting check:" in proc.stdout and "paired bootstrap interval" in proc.stdout
 
 
 def test_metrics_json_has_intervals_comparisons_and_a_verdict(first_run):

@@ -281,11 +281,18 @@ def run(cfg: Mapping[str, Any], *, store: ArtifactStore, run_dir: Path, tracker:
         intervals, comparisons, verdict, degradation = evidence(cfg, measured)
         for name, (ci95, n) in intervals.items():
             results[name] = {**results[name], "ci95": ci95, "n": n}
+            tracker.log_metrics({f"{name}/{k}/ci95_{end}": b for k, ci in ci95.items() if ci
+                                 for end, b in zip(("lo", "hi"), ci, strict=True)})
+        if verdict.get("winner") is not None:
+            tracker.log_summary({"verdict/winner": verdict["winner"], "verdict/difference": verdict["difference"],
+                                 "verdict/ci95_lo": verdict["ci95"][0], "verdict/ci95_hi": verdict["ci95"][1],
+                                 "verdict/p_value": verdict["p_value"]})
     objective = write_results(cfg, run_dir, results, describe_subsets(cfg["eval"]), comparisons=comparisons,
                               verdict=verdict, seeds=seeds)
     if line := describe_verdict(verdict):
         print(line)
-    if line := describe_forgetting(forgetting_changes(comparisons, measured)):
+    if line := describe_forgetting(forgetting_changes(comparisons, measured),
+                                   what="95% paired bootstrap interval over the same items"):
         print(line)
     if cfg["analysis"].get("enabled", True):
         analyse_replicates(cfg, run_dir, base, by_seed, results, tracker,
