@@ -162,3 +162,28 @@ def test_end_to_end_scores_what_the_model_writes(tiny_model, monkeypatch):
     assert part.samples["codegen/humaneval_plus_pass@1"] == {"HumanEval/0": [0, 1], "HumanEval/2": [1, 1],
                                                              "HumanEval/slow": [1, 1]}
     assert part.samples["codegen/humaneval_plus_base_pass@1"] == {i: [1, 1] for i in answers}
+
+
+def test_the_suite_runs_it_for_codegen_and_refuses_a_missing_file_before_any_model_work(tiny_model, tmp_path,
+                                                                                       monkeypatch):
+    from mixmerge.data.example import Example
+    from mixmerge.eval import describe_subsets, evaluate_model, suite
+
+    model, tok = tiny_model
+    heldout = {"codegen": [Example("def add(a, b):\n", "    return a + b\n", "codegen", "g0")]}
+    cfg = {**_plus_cfg(limit=1), "humaneval": {"enabled": False}, "loss": {"enabled": False}}
+    del cfg["mbpp_plus"]
+    metrics = evaluate_model(model, tok, eval_cfg=cfg, heldout=heldout, prompt_style="completion", out_dir=tmp_path)
+    assert metrics == {"codegen/humaneval_plus_base_pass@1": 0.0, "codegen/humaneval_plus_pass@1": 0.0}
+    [record] = [json.loads(line) for line in (tmp_path / "humaneval_plus.jsonl").read_text().splitlines()]
+    assert {"task_id", "completion", "base_passed", "plus_passed", "base_limit_s", "plus_limit_s"} <= set(record)
+    assert "a seeded subset of 1 HumanEval+ problems" in describe_subsets(cfg)
+    # enabled without a file: the preflight stops the run before the held-out loss or any generation
+    monkeypatch.delenv("HUMANEVAL_OVERRIDE_PATH", raising=False)
+    monkeypatch.setattr(suite, "heldout_loss", lambda *a, **k: pytest.fail("held-out loss ran before the check"))
+    monkeypatch.setattr(suite, "generate", lambda *a, **k: pytest.fail("generation ran before the check"))
+    cfg = {**cfg, "loss": {"enabled": True}, "humaneval": {"enabled": True, "limit": 1},
+           "humaneval_plus": {"enabled": True, "path": None}}
+    with pytest.raises(FileNotFoundError, match=r"eval\.humaneval_plus\.path is not set"):
+        evaluate_model(model, tok, eval_cfg=cfg, heldout=heldout, prompt_style="completion", out_dir=tmp_path / "x")
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())

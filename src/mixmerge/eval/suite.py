@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mixmerge.data.example import Example, render_prompt
+from mixmerge.eval.evalplus_eval import check_evalplus, evaluate_evalplus
 from mixmerge.eval.generate import generate
 from mixmerge.eval.limits import check_limits, sandbox_limits
 from mixmerge.eval.lm_eval_tasks import evaluate_lm_eval, lm_eval_cache_key
@@ -141,11 +142,13 @@ def evaluate_code_benchmarks(model, tokenizer, examples: Sequence[Example], *, t
         started = time.perf_counter()
         metrics, records = _eval_benchmark(model, tokenizer, name, problems, eval_cfg, style, task)
         parts[name] = EvalPart(metrics, records, time.perf_counter() - started)
+    parts.update(evaluate_evalplus(model, tokenizer, task=task, eval_cfg=eval_cfg, style=style))  # HumanEval+/MBPP+
     return parts
 
 
 def check_code_benchmark_limits(eval_cfg: Mapping) -> None:
     """Preflight of the code-generation row: limits that fail a canonical solution would fail every sample."""
+    check_evalplus(eval_cfg)  # HumanEval+/MBPP+ settings and files
     benchmarks = _benchmark_problems(eval_cfg, int(eval_cfg.get("seed", 0)))
     if benchmarks:
         check_limits([p for problems in benchmarks.values() for p in problems], eval_cfg)
