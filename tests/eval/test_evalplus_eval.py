@@ -187,3 +187,18 @@ def test_the_suite_runs_it_for_codegen_and_refuses_a_missing_file_before_any_mod
     with pytest.raises(FileNotFoundError, match=r"eval\.humaneval_plus\.path is not set"):
         evaluate_model(model, tok, eval_cfg=cfg, heldout=heldout, prompt_style="completion", out_dir=tmp_path / "x")
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_the_evaluation_cache_key_follows_the_file_not_only_its_path(tmp_path, monkeypatch):
+    from mixmerge.eval.suite import eval_cache_config
+
+    monkeypatch.delenv("HUMANEVAL_OVERRIDE_PATH", raising=False)
+    off = {"seed": 0, "humaneval_plus": {"enabled": False, "path": None}}
+    assert "_evalplus_data" not in eval_cache_config(off)  # nothing enabled: nothing read, key as before
+    data = tmp_path / "he.jsonl"
+    data.write_text(HE_PLUS.read_text())
+    monkeypatch.setenv("HUMANEVAL_OVERRIDE_PATH", str(data))
+    on = {"seed": 0, "humaneval_plus": {"enabled": True, "path": None}}
+    first = eval_cache_config(on)
+    data.write_text(HE_PLUS.read_text().splitlines()[0] + "\n")
+    assert eval_cache_config(on) != first and eval_cache_config(on) == eval_cache_config(on)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mixmerge.data.example import Example, render_prompt
-from mixmerge.eval.evalplus_eval import check_evalplus, evaluate_evalplus
+from mixmerge.eval.evalplus_eval import check_evalplus, data_fingerprints, evaluate_evalplus
 from mixmerge.eval.generate import generate
 from mixmerge.eval.limits import check_limits, sandbox_limits
 from mixmerge.eval.lm_eval_tasks import evaluate_lm_eval, lm_eval_cache_key
@@ -266,6 +266,9 @@ def eval_cache_config(eval_cfg: Mapping) -> dict:
     key = {k: v for k, v in dict(eval_cfg).items() if k not in _NOT_IN_KEY}
     if (key.get("lm_eval") or {}).get("tasks"):  # lm-eval's version and the task files change results too
         key["lm_eval"] = {**dict(key["lm_eval"]), "_versions": lm_eval_cache_key(key["lm_eval"])}
+    plus_data = data_fingerprints(key) if key.get("enabled", True) else {}
+    if plus_data:  # the EvalPlus files themselves: the same path (or $HUMANEVAL_OVERRIDE_PATH) may hold new data
+        key["_evalplus_data"] = plus_data
     return key
 
 
