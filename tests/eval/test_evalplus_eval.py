@@ -15,6 +15,7 @@ from mixmerge.eval.evalplus_eval import (
     data_fingerprints,
     evaluate_evalplus,
     judge_solutions,
+    measured_limits,
     plus_settings,
 )
 from mixmerge.eval.problems import build_program
@@ -55,14 +56,14 @@ def test_a_slow_but_correct_solution_fails_a_fixed_limit_and_passes_the_measured
     [fixed] = run_programs([build_program(problem.base, slower)], timeout_s=0.3, **SANDBOX)
     assert fixed.status == "timed out"
     # EvalPlus's max(floor, 4 x the ground truth measured here) lets it pass, base and plus
-    [verdict] = judge_solutions([problem], [slower], settings=_settings(path, time_floor_s=0.05),
-                                eval_cfg=SANDBOX, style="completion")
+    limits = measured_limits([problem], settings=_settings(path, time_floor_s=0.05), eval_cfg=SANDBOX)
+    [verdict] = judge_solutions([problem], [slower], limits=limits, eval_cfg=SANDBOX, style="completion")
     assert verdict.base.passed and verdict.plus_passed
-    assert 4 * 0.4 <= verdict.base_limit_s < 4 * 0.4 + 2.0  # one input: ground truth + itself sleep 0.2 s each
-    assert verdict.plus_limit_s > verdict.base_limit_s + 4 * 0.3  # two inputs
+    # one input, on which the harness's reference and the ground truth sleep 0.2 s each; plus: two inputs
+    assert 4 * 0.4 <= verdict.base_limit_s < 4 * 0.4 + 4.0 and verdict.plus_limit_s >= 4 * 0.8
     # ... and a solution that never returns still times out, under that limit, not the generous one
-    [hang] = judge_solutions([problem], ["    while True:\n        pass\n"], settings=_settings(path, time_floor_s=0.05),
-                             eval_cfg=SANDBOX, style="completion")
+    [hang] = judge_solutions([problem], ["    while True:\n        pass\n"], limits=limits, eval_cfg=SANDBOX,
+                             style="completion")
     assert hang.base.status == "timed out" and hang.base.elapsed_s < hang.base_limit_s + 1.0 and hang.plus is None
 
 
@@ -70,8 +71,9 @@ def test_plus_runs_only_after_base_passes_and_catches_what_base_misses():
     problems = [p for p in load_evalplus(HE_PLUS, "humaneval") if p.base.task_id == "HumanEval/0"] * 3
     canonical = problems[0].base.canonical_solution
     off_by_one = canonical.replace("distance < threshold", "distance <= threshold")
-    verdicts = judge_solutions(problems, [canonical, off_by_one, "    return None\n"],
-                               settings=_settings(HE_PLUS, time_floor_s=0.5), eval_cfg=SANDBOX, style="completion")
+    limits = measured_limits(problems, settings=_settings(HE_PLUS, time_floor_s=0.5), eval_cfg=SANDBOX)
+    verdicts = judge_solutions(problems, [canonical, off_by_one, "    return None\n"], limits=limits,
+                               eval_cfg=SANDBOX, style="completion")
     assert [(v.base.passed, v.plus_passed) for v in verdicts] == [(True, True), (True, False), (False, False)]
     assert verdicts[1].plus.status == "failed" and verdicts[2].plus is None
     assert all(v.base_limit_s >= 0.5 and v.plus_limit_s >= 0.5 for v in verdicts)
@@ -109,12 +111,16 @@ def test_settings_are_checked_naming_the_field(monkeypatch, tmp_path):
     assert list(fingerprint) == ["humaneval_plus"] and len(fingerprint["humaneval_plus"]) == 64
 
 
-def test_a_ground_truth_that_fails_its_own_test_stops_the_evaluation(tmp_path):
+def test_a_ground_truth_that_fails_its_own_test_stops_the_evaluation_before_generating(tmp_path, monkeypatch):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({**SLOW_ROW, "canonical_solution": "    return x[0]\n"}) + "\n")
     problems = load_evalplus(path, "humaneval")
     with pytest.raises(ValueError, match=r"ground truth of HumanEval/nap fails its own base test"):
-        judge_solutions(problems, ["    return x\n"], settings=_settings(path), eval_cfg=SANDBOX, style="completion")
+        measured_limits(problems, settings=_settings(path), eval_cfg=SANDBOX)
+    monkeypatch.setattr(evalplus_eval, "generate", lambda *a, **k: pytest.fail("generated before timing"))
+    with pytest.raises(ValueError, match=r"ground truth of HumanEval/nap fails"):
+        evaluate_evalplus(None, None, task="codegen", eval_cfg={**SANDBOX, "humaneval_plus": _section(path)},
+                          style="completion")
 
 
 def _plus_cfg(**kw) -> dict:

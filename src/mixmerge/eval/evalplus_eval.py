@@ -142,12 +142,17 @@ def ground_truth_seconds(problems: Sequence[PlusProblem], eval_cfg: Mapping) -> 
     return [(results[2 * i].elapsed_s, results[2 * i + 1].elapsed_s) for i in range(len(problems))]
 
 
-def judge_solutions(problems: Sequence[PlusProblem], solutions: Sequence[str], *, settings: PlusSettings,
-                    eval_cfg: Mapping, style: str) -> list[Verdict]:
-    """Base and plus verdicts of ``solutions[i]`` on ``problems[i]``, each under its measured limit."""
-    truth = ground_truth_seconds(problems, eval_cfg)
-    limits = [tuple(time_limit_s(t, factor=settings.time_factor, floor_s=settings.time_floor_s) for t in pair)
-              for pair in truth]
+def measured_limits(problems: Sequence[PlusProblem], *, settings: PlusSettings,
+                    eval_cfg: Mapping) -> list[tuple[float, float]]:
+    """``(base, plus)`` time limit of each problem: EvalPlus's ``max(floor, factor x ground truth)``."""
+    return [(time_limit_s(base, factor=settings.time_factor, floor_s=settings.time_floor_s),
+             time_limit_s(plus, factor=settings.time_factor, floor_s=settings.time_floor_s))
+            for base, plus in ground_truth_seconds(problems, eval_cfg)]
+
+
+def judge_solutions(problems: Sequence[PlusProblem], solutions: Sequence[str], *,
+                    limits: Sequence[tuple[float, float]], eval_cfg: Mapping, style: str) -> list[Verdict]:
+    """Base and plus verdicts of ``solutions[i]`` on ``problems[i]``, under its ``(base, plus)`` limits."""
     sandbox = sandbox_limits(eval_cfg)
     base = run_programs([build_program(p.base, s, style) for p, s in zip(problems, solutions, strict=True)],
                         **{**sandbox, "timeout_s": [b for b, _ in limits]})
@@ -174,6 +179,7 @@ def evaluate_evalplus(model, tokenizer, *, task: str, eval_cfg: Mapping, style: 
     for settings in plus_settings(eval_cfg):
         started = time.perf_counter()
         problems = seeded_subset(load_evalplus(settings.path, settings.benchmark), settings.limit, seed)
+        limits = measured_limits(problems, settings=settings, eval_cfg=eval_cfg)  # before generating: fails fast
         tests = [p.base for p in problems]
         prompts = [problem_prompt(t, tokenizer, style, task) for t in tests]
         seconds: list[float] = []
@@ -182,7 +188,7 @@ def evaluate_evalplus(model, tokenizer, *, task: str, eval_cfg: Mapping, style: 
                            stop=tests[0].stop if style == "completion" else (), seed=seed,
                            desc=f"{settings.section} greedy", seconds_out=seconds)
         solutions = [extract_solution(t, outs[0], style) for t, outs in zip(tests, outputs, strict=True)]
-        verdicts = judge_solutions(problems, solutions, settings=settings, eval_cfg=eval_cfg, style=style)
+        verdicts = judge_solutions(problems, solutions, limits=limits, eval_cfg=eval_cfg, style=style)
         ids = [t.task_id for t in tests]
         metrics, samples = pass_at_1(task, settings.section, ids, verdicts)
         records = [{"task_id": t.task_id, "prompt": prompt, "completion": outs[0], "solution": solution,
