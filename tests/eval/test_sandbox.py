@@ -140,6 +140,20 @@ def test_socket_to_a_local_listener_is_refused():
     assert not accepted, "the sandboxed program reached a listener on the host"
 
 
+def test_each_program_can_have_its_own_time_limit():
+    sleeper = "import time\ntime.sleep(0.6)\n"
+    results = run_programs([sleeper, sleeper, "while True:\n    pass"], timeout_s=[0.3, 3.0, 0.4], memory_mb=512,
+                           workers=3)
+    assert [r.status for r in results] == ["timed out", "passed", "timed out"]
+    assert results[0].detail == "exceeded 0.3 s" and results[2].detail == "exceeded 0.4 s"
+    assert 0.5 < results[1].elapsed_s < 3.0
+    with pytest.raises(ValueError, match="timeout_s has 1 limits for 2 programs"):
+        run_programs(["pass", "pass"], timeout_s=[1.0], memory_mb=512)
+    for bad in ([1.0, 0.0], [1.0, float("nan")], [float("inf"), 1.0]):
+        with pytest.raises(ValueError, match="eval.timeout_s"):
+            run_programs(["pass", "pass"], timeout_s=bad, memory_mb=512)
+
+
 def test_results_keep_program_order_under_parallel_workers():
     programs = [f"import time\ntime.sleep({0.05 * (i % 3)})\nassert {i} % 2 == 0" for i in range(12)]
     results = run_programs(programs, timeout_s=2, memory_mb=512, workers=3)

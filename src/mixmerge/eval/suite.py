@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixmerge.data.example import Example, render_prompt
+from mixmerge.eval.evalplus_eval import check_evalplus, data_fingerprints, evaluate_evalplus
 from mixmerge.eval.generate import generate
 from mixmerge.eval.limits import check_limits, sandbox_limits
 from mixmerge.eval.lm_eval_tasks import evaluate_lm_eval, lm_eval_cache_key
@@ -31,6 +32,7 @@ from mixmerge.eval.problems import (
     extract_solution,
     load_humaneval,
     load_mbpp,
+    problem_prompt,
     seeded_subset,
 )
 from mixmerge.eval.sandbox import run_programs
@@ -82,15 +84,6 @@ def preflight_of(task: str) -> Callable[[Mapping], None] | None:
     return _imported(task_spec(task).preflight)
 
 
-def _problem_prompt(problem: CodeProblem, tokenizer, style: str, task: str) -> str:
-    if style == "completion":
-        return problem.prompt
-    if problem.benchmark == "humaneval":  # the same chat rendering the code-generation task is trained with
-        return render_prompt(Example(problem.prompt, "", task, problem.task_id), tokenizer, "chat")
-    return tokenizer.apply_chat_template([{"role": "user", "content": problem.instruction}], tokenize=False,
-                                         add_generation_prompt=True)
-
-
 def execute_solutions(
     problems: Sequence[CodeProblem], solutions: Sequence[str], *, style: str, eval_cfg: Mapping
 ) -> list:
@@ -112,7 +105,7 @@ def _eval_benchmark(model, tokenizer, name: str, problems: list[CodeProblem], ev
                     style: str, task: str) -> tuple[dict[str, float], list[dict]]:
     """pass@1 (greedy) and pass@k (sampled) on one benchmark, plus its per-sample records."""
     bench_cfg = dict(eval_cfg.get(name) or {})
-    prompts = [_problem_prompt(p, tokenizer, style, task) for p in problems]
+    prompts = [problem_prompt(p, tokenizer, style, task) for p in problems]
     stop = problems[0].stop if style == "completion" else ()
     runs = [("greedy", 1, 0.0)]
     n = int(eval_cfg.get("n", 1))
@@ -154,11 +147,13 @@ def evaluate_code_benchmarks(model, tokenizer, examples: Sequence[Example], *, t
         started = time.perf_counter()
         metrics, records, samples = _eval_benchmark(model, tokenizer, name, problems, eval_cfg, style, task)
         parts[name] = EvalPart(metrics, records, time.perf_counter() - started, samples)
+    parts.update(evaluate_evalplus(model, tokenizer, task=task, eval_cfg=eval_cfg, style=style))  # HumanEval+/MBPP+
     return parts
 
 
 def check_code_benchmark_limits(eval_cfg: Mapping) -> None:
     """Preflight of the code-generation row: limits that fail a canonical solution would fail every sample."""
+    check_evalplus(eval_cfg)  # HumanEval+/MBPP+ settings and files
     benchmarks = _benchmark_problems(eval_cfg, int(eval_cfg.get("seed", 0)))
     if benchmarks:
         check_limits([p for problems in benchmarks.values() for p in problems], eval_cfg)
@@ -301,6 +296,9 @@ def eval_cache_config(eval_cfg: Mapping) -> dict:
     key["_format"] = EVAL_FORMAT
     if (key.get("lm_eval") or {}).get("tasks"):  # lm-eval's version and the task files change results too
         key["lm_eval"] = {**dict(key["lm_eval"]), "_versions": lm_eval_cache_key(key["lm_eval"])}
+    plus_data = data_fingerprints(key) if key.get("enabled", True) else {}
+    if plus_data:  # the EvalPlus files themselves: the same path (or $HUMANEVAL_OVERRIDE_PATH) may hold new data
+        key["_evalplus_data"] = plus_data
     return key
 
 
