@@ -186,7 +186,7 @@ def test_the_suite_runs_it_for_codegen_and_refuses_a_missing_file_before_any_mod
     assert "a seeded subset of 1 HumanEval+ problems" in describe_subsets(cfg)
     # enabled without a file: the preflight stops the run before the held-out loss or any generation
     monkeypatch.delenv("HUMANEVAL_OVERRIDE_PATH", raising=False)
-    monkeypatch.setattr(suite, "heldout_loss", lambda *a, **k: pytest.fail("held-out loss ran before the check"))
+    monkeypatch.setattr(suite, "heldout_nll_sums", lambda *a, **k: pytest.fail("held-out loss ran before the check"))
     monkeypatch.setattr(suite, "generate", lambda *a, **k: pytest.fail("generation ran before the check"))
     cfg = {**cfg, "loss": {"enabled": True}, "humaneval": {"enabled": True, "limit": 1},
            "humaneval_plus": {"enabled": True, "path": None}}

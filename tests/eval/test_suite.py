@@ -121,7 +121,7 @@ def test_chat_prompt_style_runs_end_to_end(tiny_model, tmp_path):
 def test_caption_names_the_subset_sizes():
     caption = describe_subsets(eval_config("default"))
     assert "a seeded subset of 16 of the 164 HumanEval problems" in caption and "eval=full" in caption
-    assert "16 examples per task" in caption
+    assert "32 examples per task" in caption
     full = describe_subsets(eval_config("full"))
     assert "all of the 164 HumanEval problems" in full and "eval=full" not in full
     assert describe_subsets(eval_config("none")).startswith("No evaluation")
