@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -278,7 +279,10 @@ def run(cfg: Mapping[str, Any], *, store: ArtifactStore, run_dir: Path, tracker:
         tracker.log_metrics({f"{name}/{k}": val for k, val in measured[name].metrics.items()})
     comparisons, verdict, degradation = [], {}, {}
     if evaluate:
+        started = time.perf_counter()
         intervals, comparisons, verdict, degradation = evidence(cfg, measured)
+        log.info("intervals, %d paired comparisons and the verdict took %.1f s", len(comparisons),
+                 time.perf_counter() - started)
         for name, (ci95, n) in intervals.items():
             results[name] = {**results[name], "ci95": ci95, "n": n}
             tracker.log_metrics({f"{name}/{k}/ci95_{end}": b for k, ci in ci95.items() if ci
