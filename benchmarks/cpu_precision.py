@@ -25,7 +25,7 @@ from mixmerge.eval.generate import generate
 from mixmerge.eval.loss import heldout_loss
 from mixmerge.eval.problems import load_humaneval
 from mixmerge.models import load_model, load_tokenizer, resolve_base_model
-from mixmerge.models.precision import cpu_flags, native_bf16_flag
+from mixmerge.precision import cpu_flags, native_bf16_flag
 
 
 def autocast(dtype: torch.dtype):

@@ -17,7 +17,7 @@ ROOTS = ("mixmerge", "hydra_plugins")
 # the strategies; the edge (Hydra, the job, the sweeper plugin) at the top.
 LAYERS: list[set[str]] = [
     {"mixmerge", "mixmerge.files", "mixmerge.dtypes", "mixmerge.tasks", "mixmerge.cache", "mixmerge.tracking",
-     "mixmerge.report"},
+     "mixmerge.report", "mixmerge.precision"},
     {"mixmerge.merge", "mixmerge.models", "mixmerge.sweep"},
     {"mixmerge.data"},
     {"mixmerge.eval", "mixmerge.analysis", "mixmerge.train"},

@@ -160,3 +160,21 @@ def test_debug_config_runs_the_whole_loop_on_the_tiny_model(tmp_path):
         assert m["aggregate"] == pytest.approx(-(m["codegen/loss"] + m["codesum/loss"]) / 2), name
     assert metrics["objective"] == metrics["variants"]["merged"]["metrics"]["aggregate"]
     assert "a seeded subset of 2 of the 164 HumanEval problems" in proc.stdout and "Recommendation:" in proc.stdout
+
+
+def test_fisher_merge_computes_each_specialists_fisher_once_from_the_cache(first_run):
+    """`merge=fisher` under strategy=compare: no fisher_paths given, so each specialist's diagonal Fisher on
+    its own training data is computed once, cached, and reused by the next Fisher merge (issue 16's defect)."""
+    tmp_path, _ = first_run
+    _run(tmp_path, "fisher1", "merge=fisher", "merge.fisher_batches=2", "analysis.enabled=false")
+    log = (tmp_path / "fisher1" / "run.log").read_text()
+    assert "cache hit: specialist/codegen" in log
+    for name in ("specialist/codegen", "specialist/codesum"):
+        assert f"cache miss: building Fisher of {name}" in log, name
+    metrics = json.loads((tmp_path / "fisher1" / "metrics.json").read_text())
+    merged = metrics["variants"]["merged"]["metrics"]
+    assert 5.0 < merged["codegen/loss"] < 12.0
+    _run(tmp_path, "fisher2", "merge=fisher", "merge.fisher_batches=2", "merge.fisher_floor=1e-3",
+         "analysis.enabled=false")
+    log = (tmp_path / "fisher2" / "run.log").read_text()
+    assert "cache hit: Fisher of specialist/codegen" in log and "cache miss: building merged (fisher)" in log

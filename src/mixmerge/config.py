@@ -187,7 +187,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(str(err)) from None
 
     _check_replicates(cfg.get("replicates"))
-    from mixmerge.models.precision import PRECISIONS
+    from mixmerge.precision import PRECISIONS
 
     precision = (cfg.get("trainer") or {}).get("precision", "auto")
     _require(precision in PRECISIONS, f"trainer.precision={precision!r} is not one of {PRECISIONS}; "

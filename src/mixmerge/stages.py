@@ -49,7 +49,7 @@ def ensure_base(cfg: Mapping[str, Any], store: ArtifactStore) -> BaseModel:
 def precision_of(cfg: Mapping[str, Any]) -> tuple[str, str]:
     """``trainer.precision`` resolved on this machine (``auto``: bf16-mixed where the hardware computes
     bf16 natively, else 32-true; ``models/precision.py``), and why."""
-    from mixmerge.models.precision import resolve_precision
+    from mixmerge.precision import resolve_precision
 
     return resolve_precision(str(cfg["trainer"]["precision"]), accelerator=str(cfg["trainer"]["accelerator"]))
 
@@ -57,7 +57,7 @@ def precision_of(cfg: Mapping[str, Any]) -> tuple[str, str]:
 def evaluation_dtype(cfg: Mapping[str, Any]) -> str | None:
     """``"bfloat16"`` when evaluation forward passes of a float32 model run under bf16 autocast (the resolved
     precision is bf16-mixed), else None: evaluation computes like training."""
-    from mixmerge.models.precision import compute_dtype_name
+    from mixmerge.precision import compute_dtype_name
 
     mixed = precision_of(cfg)[0].endswith("-mixed") and cfg["model"]["dtype"] == "float32"
     return compute_dtype_name(precision_of(cfg)[0]) if mixed else None
@@ -141,16 +141,74 @@ def merge_inputs(base: BaseModel, specialists: Sequence[Variant]) -> dict[str, s
 _RESIDENT_MERGERS: dict[tuple[str, ...], Any] = {}
 
 
+def ensure_fisher(cfg, store: ArtifactStore, specialist: Variant, splits) -> Variant:
+    """The diagonal Fisher of ``specialist`` on its own task's training data (``merge/fisher.py``), cached by
+    the specialist, the data and the number of batches: computed once, reused by every merge, sweep and
+    round. ``merge.fisher_batches`` batches of ``finetune.batch_size`` examples, tokenized as in training."""
+    from safetensors.torch import save_file
+
+    from mixmerge.data.datamodule import collate_rows, forward_kwargs
+    from mixmerge.data.tasks import cap
+    from mixmerge.data.tokenize import tokenize_example
+    from mixmerge.merge.fisher import compute_diagonal_fisher
+    from mixmerge.merge.io import WEIGHTS_FILE
+
+    n_batches = int(cfg["merge"].get("fisher_batches") or 32)
+    batch_size, max_length = int(cfg["finetune"]["batch_size"]), int(cfg["finetune"]["max_length"])
+    style = cfg["model"]["prompt_style"]
+    key_config = {"data": splits.key, "batches": n_batches, "batch_size": batch_size, "max_length": max_length,
+                  "prompt_style": style, "seed": cfg["seed"]}
+
+    def build(work: Path) -> dict:
+        model = load_model(specialist.path, dtype="float32")
+        tokenizer = load_tokenizer(specialist.path)
+        examples = cap(list(splits.train), n_batches * batch_size, seed=cfg["seed"])
+        rows = [tokenize_example(ex, tokenizer, style, max_length) for ex in examples]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        batches = (forward_kwargs(collate_rows(rows[i:i + batch_size], pad_id=pad))
+                   for i in range(0, len(rows), batch_size))
+        fisher = compute_diagonal_fisher(model, batches)
+        save_file({n: t.contiguous() for n, t in fisher.items()}, str(work / WEIGHTS_FILE))
+        return {"examples": len(rows), "batches": -(-len(rows) // batch_size)}
+
+    art = store.get_or_build("fisher", key_config, build, inputs={"model": specialist.key},
+                             label=f"Fisher of {specialist.name}")
+    return Variant(f"fisher/{specialist.name}", art.path, art.key)
+
+
+def _with_fisher(cfg, store: ArtifactStore, specialists: Sequence[Variant],
+                 task_data: Mapping[str, Any] | None) -> tuple[dict, dict[str, str]]:
+    """``merge=fisher`` without ``merge.fisher_paths``: each specialist's cached Fisher fills them; the merge
+    key then depends on the Fisher artifacts' keys, not on where the cache lies."""
+    merge_cfg = dict(cfg["merge"])
+    if merge_cfg.get("method") != "fisher" or merge_cfg.get("fisher_paths"):
+        return merge_cfg, {}
+    tasks = [v.name.removeprefix("specialist/") for v in specialists]
+    if task_data is None or any(not v.name.startswith("specialist/") or t not in task_data
+                                for v, t in zip(specialists, tasks, strict=True)):
+        raise ValueError(f"merge=fisher needs each merged model's Fisher: merge.fisher_paths (one folder per model, "
+                         f"mixmerge.merge.fisher) or specialists of tasks with training data; got "
+                         f"{[v.name for v in specialists]}")
+    fishers = [ensure_fisher(cfg, store, v, task_data[t]) for v, t in zip(specialists, tasks, strict=True)]
+    merge_cfg["fisher_paths"] = [str(f.path) for f in fishers]
+    return merge_cfg, {f.name: f.key for f in fishers}
+
+
 def ensure_merged(cfg, store: ArtifactStore, base: BaseModel, specialists: Sequence[Variant], *,
-                  in_memory: bool = False) -> Variant:
+                  in_memory: bool = False, task_data: Mapping[str, Any] | None = None) -> Variant:
     """``merged``: the specialists merged by ``cfg["merge"]``.
 
     ``in_memory=False`` writes (and caches) a merged folder; ``in_memory=True`` returns a live model built
     on demand into the base (no folder; the specialists' task vectors stay resident across the trials of a
-    sweep). Both carry the same key, so their evaluations are shared.
+    sweep). Both carry the same key, so their evaluations are shared. ``task_data`` (task -> splits) lets
+    ``merge=fisher`` compute each specialist's Fisher (``ensure_fisher``) when no ``fisher_paths`` are given.
     """
-    merge_cfg = cfg["merge"]
+    merge_cfg, fisher_keys = _with_fisher(cfg, store, specialists, task_data)
+    cfg = {**cfg, "merge": merge_cfg}
     key_config, inputs = merge_config_for_key(merge_cfg), merge_inputs(base, specialists)
+    if fisher_keys:
+        key_config.pop("fisher_paths")
+        inputs.update(fisher_keys)
     if in_memory:
         return _merged_in_memory(cfg, base, specialists, content_key("merged", key_config, inputs))
     from mixmerge.merge import merge_folders

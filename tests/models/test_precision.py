@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mixmerge.models.precision import compute_dtype_name, cpu_flags, resolve_precision
+from mixmerge.precision import compute_dtype_name, cpu_flags, resolve_precision
 
 AVX2_ONLY = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n"
 SAPPHIRE = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
@@ -34,8 +34,7 @@ def test_an_explicit_precision_is_kept_and_a_wrong_one_named():
 def test_auto_enters_the_cache_key_as_what_it_resolves_to_and_sets_the_evaluation_autocast(monkeypatch):
     """An fp32 model trained where auto resolved to 32-true keeps the key of trainer.precision=32-true; where
     the CPU has native bf16 the key says bf16-mixed and evaluation runs under bf16 autocast."""
-    from mixmerge import stages
-    from mixmerge.models import precision
+    from mixmerge import precision, stages
 
     cfg = {"finetune": {}, "seed": 0, "task": {}, "model": {"prompt_style": "completion", "dtype": "float32"},
            "trainer": {"max_steps": 2, "precision": "auto", "accelerator": "cpu"}}

@@ -259,7 +259,7 @@ def run(cfg: Mapping[str, Any], *, store: ArtifactStore, run_dir: Path, tracker:
         if "mixture" in want:
             variants.append(ensure_mixture(cfg, store, tracker, base, tasks, train_seed=train_seed))
         if "merged" in want:
-            variants.append(ensure_merged(cfg, store, base, specialists,
+            variants.append(ensure_merged(cfg, store, base, specialists, task_data=tasks,
                                           in_memory=cfg["strategy"].get("merge_in_memory", False)))
         by_seed[seed] = variants
     evaluate = cfg["eval"].get("enabled", True)

@@ -149,7 +149,7 @@ def plan_compare(cfg: Mapping[str, Any], store: PlanningStore, tracker) -> list[
                                                "key known once the base exists"))
     if "merged" in want:
         in_memory = cfg["strategy"].get("merge_in_memory", False)
-        variants.append(ensure_merged(cfg, store, base, specialists, in_memory=in_memory))
+        variants.append(ensure_merged(cfg, store, base, specialists, in_memory=in_memory, task_data=tasks))
     if cfg["eval"].get("enabled", True):
         for v in variants:
             with contextlib.suppress(NotBuilt):

@@ -28,7 +28,7 @@ def build_trainer(trainer_cfg: Mapping[str, Any], finetune: Mapping[str, Any], *
                   loggers: Sequence, callbacks: Sequence = ()) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from mixmerge.models.precision import resolve_precision
+    from mixmerge.precision import resolve_precision
 
     precision, why = resolve_precision(str(trainer_cfg["precision"]), accelerator=str(trainer_cfg["accelerator"]))
     log.info("training precision %s (trainer.precision=%s: %s)", precision, trainer_cfg["precision"], why)
