@@ -117,12 +117,14 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
     try:
         writer = StreamingShardWriter(tmp, entries, int(params.shard_size_mb * 1e6))
         for name, shape, dtype in entries:
+            tensor_params = params.for_tensor(name, n_layers)  # layer gradients and filters evaluated here
             if fused is not None and base_src.dtype_str(name) in FLOAT_DTYPES:
-                merged, stats = _merge_fused(name, shape, params, base_src, sources, labels, fused, check_finite)
+                merged, stats = _merge_fused(name, shape, tensor_params, base_src, sources, labels, fused,
+                                             check_finite)
                 writer.write_array(name, _cast(merged, dtype, fused))
             else:
-                merged, stats = _merge_reference(name, shape, dtype, params, base_src, sources, labels, fishers,
-                                                 n_layers, check_finite, inputs_can_vanish)
+                merged, stats = _merge_reference(name, shape, dtype, tensor_params, base_src, sources, labels,
+                                                 fishers, n_layers, check_finite, inputs_can_vanish)
                 writer.write(name, merged)
             del merged
             if stats is not None:
