@@ -165,3 +165,21 @@ def test_linear_with_a_base_model_averages_the_base_in(tiny_base, specialists, t
                                rtol=0, atol=1e-6)
     for f in (out, base, a, b):
         f.close()
+
+
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic"])
+def test_in_memory_merger_follows_layer_gradients(method, tiny_base, specialists, tmp_path):
+    """The sweep's in-memory merger evaluates gradients per tensor as the streamed merge does (task
+    arithmetic with a weight gradient is not one affine map for every tensor)."""
+    from mixmerge.merge import InMemoryMerger, merge_folders
+
+    cfg = mergekit_to_merge_cfg({"merge_method": method, "base_model": str(tiny_base),
+                                 "models": [{"model": str(s)} for s in specialists],
+                                 "parameters": {"weight": [0.2, 1.0], "density": [0.3, 0.9]}})
+    params = resolve_params(cfg, 2)
+    merge_folders(params, tiny_base, specialists, tmp_path / "out")
+    streamed = SafetensorsFolder(tmp_path / "out")
+    merger = InMemoryMerger(tiny_base, specialists)
+    for name, merged, _ in merger.merged_tensors(params):
+        torch.testing.assert_close(merged, streamed.get(name).float(), rtol=1e-6, atol=1e-7)
+    streamed.close()
