@@ -183,3 +183,23 @@ def test_in_memory_merger_follows_layer_gradients(method, tiny_base, specialists
     for name, merged, _ in merger.merged_tensors(params):
         torch.testing.assert_close(merged, streamed.get(name).float(), rtol=1e-6, atol=1e-7)
     streamed.close()
+
+
+def test_out_dtype_is_the_output_dtype(tiny_base, specialists, tmp_path):
+    """mergekit's ``dtype: float32`` + ``out_dtype: bfloat16``: computed in float32, written in bfloat16
+    (out_dtype was refused as an unknown key, and dtype alone decided the output)."""
+    doc = {"merge_method": "ties", "base_model": str(tiny_base), "dtype": "float32", "out_dtype": "bfloat16",
+           "models": [{"model": str(s), "parameters": {"weight": 0.5, "density": 0.5}} for s in specialists]}
+    (tmp_path / "mk.yml").write_text(yaml.safe_dump(doc))
+    report = standalone.run({"method": "ties", "from_mergekit": str(tmp_path / "mk.yml"),
+                             "output": str(tmp_path / "a")})
+    assert report["parameters"]["out_dtype"] == "bfloat16"
+    standalone.run({"method": "ties", "base": str(tiny_base), "models": [str(s) for s in specialists],
+                    "weights": [0.5, 0.5], "density": 0.5, "dtype": "float32", "output": str(tmp_path / "b")})
+    a, b = SafetensorsFolder(tmp_path / "a"), SafetensorsFolder(tmp_path / "b")
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert a.get(name).dtype == torch.bfloat16 and b.get(name).dtype == torch.float32
+    assert torch.equal(a.get(name), b.get(name).to(torch.bfloat16))
+    assert json.loads((tmp_path / "a" / "config.json").read_text()).get("dtype", "bfloat16") == "bfloat16"
+    a.close()
+    b.close()

@@ -27,7 +27,7 @@ IO_KEYS = ("base", "models", "output", "from_mergekit", "overwrite")
 # Every other key the merge group may hold (conf/merge/_base.yaml and the method YAMLs); ``check_finite``
 # and ``report_stats`` are switches for tests and sweeps, ``fisher_batches`` is read by the pipeline.
 PARAM_KEYS = ("method", "weight", "weights", "density", "epsilon", "gamma", "lambda", "normalize", "rescale",
-              "rescale_mode", "t", "seed", "dtype", "vocab_policy", "filter_wise", "fisher_paths", "fisher_floor",
+              "rescale_mode", "t", "seed", "dtype", "out_dtype", "vocab_policy", "filter_wise", "fisher_paths", "fisher_floor",
               "fisher_batches", "max_base_distance", "shard_size_mb", "check_finite", "report_stats")
 
 
@@ -198,7 +198,7 @@ class MergeParams:
     rescale: str | None  # None, "l1" or "inverse_prob"
     t: TSchedule
     seed: int
-    dtype: str | None
+    dtype: str | None  # mergekit's compute dtype; we compute in float32, so it names the output's unless out_dtype
     filter_wise: bool = False
     fisher_floor: float = 1e-6
     vocab_policy: str = "strict"
@@ -207,6 +207,7 @@ class MergeParams:
     shard_size_mb: float = DEFAULT_SHARD_SIZE_MB
     check_finite: bool = True
     report_stats: bool = False
+    out_dtype: str | None = None  # the merged tensors' dtype (mergekit's out_dtype); None: dtype, else the base's
     extra: dict[str, Any] = field(default_factory=dict)
     # Parameters that vary by tensor (mergekit layer gradients and filters): (field, model index, schedule);
     # field is "weights", "densities", "epsilons", "gammas" (per model) or "lam" (index -1).
@@ -238,7 +239,7 @@ class MergeParams:
         return {"method": self.method.name, "weights": self.weights, "density": self.densities,
                 "epsilon": self.epsilons, "gamma": self.gammas, "lambda": self.lam,
                 "normalize": self.normalize, "rescale": self.rescale, "t": [list(r[1]) for r in self.t.rules],
-                "seed": self.seed, "dtype": self.dtype, "vocab_policy": self.vocab_policy,
+                "seed": self.seed, "dtype": self.dtype, "out_dtype": self.out_dtype, "vocab_policy": self.vocab_policy,
                 **({"by_tensor": {f"{name}[{i}]" if i >= 0 else name: [[p, list(v)] for p, v in s.rules]
                                   for name, i, s in self.schedules}} if self.schedules else {})}
 
@@ -327,6 +328,10 @@ def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) ->
     dtype = merge_cfg.get("dtype")
     if dtype is not None and dtype not in DTYPE_NAMES:
         raise ValueError(f"merge.dtype={dtype!r} is not one of {DTYPE_NAMES} (or null for the base's dtype)")
+    out_dtype = merge_cfg.get("out_dtype")
+    if out_dtype is not None and out_dtype not in DTYPE_NAMES:
+        raise ValueError(f"merge.out_dtype={out_dtype!r} is not one of {DTYPE_NAMES} (or null for merge.dtype, "
+                         f"else the base's dtype)")
     vocab_policy = merge_cfg.get("vocab_policy") or "strict"
     if vocab_policy not in VOCAB_POLICIES:
         raise ValueError(f"merge.vocab_policy={vocab_policy!r} is not one of {VOCAB_POLICIES}")
@@ -355,4 +360,5 @@ def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) ->
         max_base_distance=None if max_dist is None else float(max_dist), shard_size_mb=float(shard_mb),
         check_finite=merge_cfg.get("check_finite", True) is not False,
         report_stats=bool(merge_cfg.get("report_stats", False)), schedules=tuple(schedules),
+        out_dtype=out_dtype,
     )
