@@ -30,7 +30,7 @@ class MergeMethod:
 
     @property
     def task_vector_family(self) -> bool:
-        """Linear and the task-vector methods: mergekit gives every model weight 1.0 when none is set."""
+        """Linear and the task-vector methods: mergekit requires a weight for every model they merge."""
         return self.kind in ("linear", "gta")
 
     @property
