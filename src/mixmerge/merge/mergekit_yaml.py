@@ -144,7 +144,7 @@ def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML")
             default = _default(key, row)
             cfg[cfg_key] = [default if v is None else v for v in cfg[cfg_key]]
         for i, chain in enumerate(chains):
-            if chain and not any(r.get("filter") in (None, "*") for r in chain):
+            if key != "weight" and chain and not any(r.get("filter") in (None, "*") for r in chain):
                 cfg[cfg_key][i] = [*chain, {"filter": None, "value": _default(key, row)}]
     for key, value in top.items():
         if key in GLOBAL and key != "int8_mask":
