@@ -2,8 +2,11 @@
 
 Per-model parameters (``weight``/``weights``, ``density``, ``epsilon``, ``gamma``) take a number for
 all models or a list with one value per model; global ones (``lambda``, ``normalize``, ``rescale``)
-take one value. ``normalize``/``rescale`` left null use the method's default (mergekit's, in its
-registry row). The edge resolves a config once (``resolve_params``) and passes the ``MergeParams`` down.
+take one value. A model's entry (and ``lambda``, ``t``) may also vary by tensor, as mergekit's settings
+do: a layer gradient (a list of numbers) or filter rules (``[{filter, value}, ...]``), a ``Schedule``
+that ``MergeParams.for_tensor`` evaluates per tensor (the mergekit reader writes them). ``normalize``/
+``rescale`` left null use the method's default (mergekit's, in its registry row). The edge resolves a
+config once (``resolve_params``) and passes the ``MergeParams`` down; the engines call ``for_tensor``.
 """
 
 from __future__ import annotations
