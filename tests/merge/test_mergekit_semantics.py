@@ -112,26 +112,33 @@ def test_what_mergekit_refuses_is_refused_naming_the_key(doc, match, tmp_path):
 
 
 def test_yaml_string_numbers_and_density_above_one_are_accepted(tmp_path):
-    """PyYAML reads ``8e-1`` as a string; mergekit takes it as 0.8. Density above 1 keeps everything."""
+    """PyYAML reads ``8e-1`` as a string; mergekit takes it as 0.8. A density above 1 keeps everything in
+    mergekit (mergekit/sparsify.py), as 1 does."""
     path = tmp_path / "mk.yml"
     path.write_text("merge_method: ties\nbase_model: B\nmodels:\n  - model: X\n    parameters: {weight: 1, "
                     "density: 8e-1}\n  - model: Y\n    parameters: {weight: 5e-1, density: 1.5}\n"
                     "parameters: {lambda: 2e0}\n")
     cfg = mergekit_to_merge_cfg(yaml.safe_load(path.read_text()))
     params = resolve_params(cfg, 2)
-    assert params.densities == [0.8, 1.5] and params.weights == [1.0, 0.5] and params.lam == 2.0
+    assert params.densities == [0.8, 1.0] and params.weights == [1.0, 0.5] and params.lam == 2.0
 
 
-def test_density_above_one_is_a_no_op():
-    from mixmerge.merge.combine import merge_tensor
-
-    gen = torch.Generator().manual_seed(0)
-    base = torch.randn(64, generator=gen)
-    fts = [base + torch.randn(64, generator=gen) for _ in range(2)]
-    for method in ("ties", "dare_ties", "della", "breadcrumbs"):
-        above = merge_tensor("w", base, fts, resolve_params({"method": method, "density": 1.5}, 2))[0]
-        one = merge_tensor("w", base, fts, resolve_params({"method": method, "density": 1.0}, 2))[0]
-        assert torch.equal(above, one)
+def test_density_above_one_is_a_no_op(tiny_base, specialists, tmp_path):
+    runs = {}
+    for density in (1.5, 1.0):
+        doc = {"merge_method": "dare_ties", "base_model": str(tiny_base),
+               "models": [{"model": str(s), "parameters": {"weight": 0.5, "density": density}} for s in specialists]}
+        (tmp_path / f"{density}.yml").write_text(yaml.safe_dump(doc))
+        standalone.run({"method": "ties", "from_mergekit": str(tmp_path / f"{density}.yml"),
+                        "output": str(tmp_path / str(density))})
+        runs[density] = SafetensorsFolder(tmp_path / str(density))
+    for name in runs[1.0].names():
+        assert torch.equal(runs[1.5].get(name), runs[1.0].get(name))
+    for f in runs.values():
+        f.close()
+    with pytest.raises(ValueError, match=r"1.2 above 1 in a gradient"):
+        mergekit_to_merge_cfg({"merge_method": "ties", "base_model": "B", "parameters": {"density": [0.5, 1.2]},
+                               "models": [{"model": "X", "parameters": {"weight": 1}}]})
 
 
 def test_base_plus_adapter_is_the_adapter_folder():

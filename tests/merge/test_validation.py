@@ -26,8 +26,8 @@ def test_resolve_weights():
 @pytest.mark.parametrize(("cfg", "n", "match"), [
     ({"method": "ties", "weights": [0.5, 0.5, 0.1]}, 2, r"merge.weights has 3 values but there are 2 models"),
     ({"method": "ties", "weight": 1.4}, 2, r"merge.weight=1.4 is outside \[0, 1\]"),
-    ({"method": "ties", "density": -0.3}, 2, r"merge.density=-0.3 .* is not positive"),
-    ({"method": "ties", "density": 0.0}, 2, r"merge.density=0.0 .* is not positive"),
+    ({"method": "ties", "density": 1.3}, 2, r"merge.density=1.3 .* is outside \(0, 1\]"),
+    ({"method": "ties", "density": 0.0}, 2, r"merge.density=0.0 .* is outside \(0, 1\]"),
     ({"method": "ties", "density": [0.5, 0.5, 0.5]}, 2, r"merge.density has 3 values"),
     ({"method": "della", "density": 0.5, "epsilon": 0.6}, 2, r"merge.epsilon=0.6 with merge.density=0.5"),
     ({"method": "della", "density": 0.5, "epsilon": -0.1}, 2, r"merge.epsilon=-0.1 .* is negative"),
@@ -185,8 +185,8 @@ def test_base_that_is_not_the_specialists_base(tiny_base, specialists, tmp_path)
 def test_weights_count_and_density_checked_before_reading(tiny_base, specialists, tmp_path):
     with pytest.raises(ValueError, match=r"merge.weights has 3 values but there are 2 models"):
         _merge(tiny_base, specialists, tmp_path, weights=[1, 1, 1])
-    with pytest.raises(ValueError, match=r"merge.density=0.0"):
-        _merge(tiny_base, specialists, tmp_path, density=0.0)
+    with pytest.raises(ValueError, match=r"merge.density=1.5"):
+        _merge(tiny_base, specialists, tmp_path, density=1.5)
 
 
 def test_fisher_needs_paths(tiny_base, specialists, tmp_path):
@@ -202,8 +202,8 @@ def test_validate_without_model_count_and_omegaconf():
     validate_merge_config(cfg, None)
     validate_merge_config(OmegaConf.create({"method": "slerp", "t": [{"filter": "mlp", "value": [0, 1]},
                                                                       {"value": 0.3}]}), None)
-    with pytest.raises(ValueError, match=r"merge.density=-1.5"):
-        validate_merge_config(OmegaConf.create({"method": "della", "density": -1.5}), None)
+    with pytest.raises(ValueError, match=r"merge.density=1.5"):
+        validate_merge_config(OmegaConf.create({"method": "della", "density": 1.5}), None)
     with pytest.raises(ValueError, match=r"merge.weights has 2 values but there are 3 models"):
         validate_merge_config({"method": "ties", "models": ["a", "b", "c"], "weights": [1, 1]}, None)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from mixmerge.merge.params import check_known_keys
+from mixmerge.merge.params import as_number, check_known_keys
 from mixmerge.merge.registry import METHODS
 
 PER_MODEL = ("weight", "density", "epsilon", "gamma")
@@ -146,6 +146,9 @@ def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML")
         for i, chain in enumerate(chains):
             if key != "weight" and chain and not any(r.get("filter") in (None, "*") for r in chain):
                 cfg[cfg_key][i] = [*chain, {"filter": None, "value": _default(key, row)}]
+        if key == "density":
+            cfg[cfg_key] = [_cap_density(v, f"{source}: density of model {e['model']!r}")
+                            for v, e in zip(cfg[cfg_key], entries, strict=True)]
     for key, value in top.items():
         if key in GLOBAL and key != "int8_mask":
             cfg[key] = _simplify(_rules(value, f"{source}: parameters.{key}")) if key in SETTINGS else value
@@ -155,6 +158,22 @@ def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML")
         if doc.get(key) is not None:
             cfg[key] = doc[key]
     return cfg
+
+
+def _cap_density(value: Any, where: str) -> Any:
+    """A density above 1 keeps the whole task vector in mergekit (mergekit/sparsify.py returns the tensor
+    when density >= 1), as 1 does: a number above 1 becomes 1. In a gradient or rule the interpolated
+    values would differ, so one above 1 there is refused."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        rules = value if value and all(isinstance(r, Mapping) for r in value) else [{"value": value}]
+        for rule in rules:
+            v = rule.get("value")
+            for x in (v if isinstance(v, Sequence) and not isinstance(v, str) else [v]):
+                if as_number(x, where) > 1:
+                    raise ValueError(f"{where}: {x!r} above 1 in a gradient or filter rule; write 1 (a density "
+                                     f"of 1 or more keeps the whole task vector)")
+        return value
+    return min(as_number(value, where), 1.0)
 
 
 def _default(key: str, row) -> float:

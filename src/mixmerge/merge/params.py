@@ -287,9 +287,9 @@ def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) ->
 
     for i, ds in enumerate(every("densities", densities)):
         for d in ds:
-            if not d > 0:
-                raise ValueError(f"merge.density={d} (model {i}) is not positive; density is the fraction of "
-                                 f"each task vector that is kept (1 or more keeps all of it, as mergekit)")
+            if not 0 < d <= 1:
+                raise ValueError(f"merge.density={d} (model {i}) is outside (0, 1]; density is the fraction of "
+                                 f"each task vector that is kept")
     for i, (ds, es) in enumerate(zip(every("densities", densities), every("epsilons", epsilons), strict=True)):
         for e in es:
             if e < 0:
