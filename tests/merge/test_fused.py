@@ -467,3 +467,24 @@ def test_della_rank_bands_decide_like_the_full_ranking(kind, rows, cols):
     assert np.array_equal(from_ranks.view(np.int32), ranked.view(np.int32))
     kept = np.count_nonzero(ranked) / max(np.count_nonzero(d), 1)
     assert 0.4 < kept < 0.6  # about the density: the draws did decide
+
+
+@pytest.mark.parametrize("shape", [(40, 30), (300, 300)])  # the small (sort) and the radix selection paths
+def test_fused_breadcrumbs_keeps_exactly_int_density_n_at_ties(shape):
+    """Deltas with many exact ties (multiples of 1/64) at both cuts: the fused path keeps exactly
+    int(density * n) entries per model, as mergekit (issue 15), and equals the reference."""
+    base, models = _tied(shape, 2, seed=5)
+    n = base.numel()
+    params = resolve_params({"method": "breadcrumbs", "weights": [1.0, 1.0], "density": [0.5, 0.3],
+                             "gamma": 0.1}, 2)
+    flat_base = base.reshape(-1).numpy()
+    xs = [m.reshape(-1).numpy() for m in models]
+    plan = fast_gta.plan_sparsity("w", flat_base, xs, params, is_delta=False, shape=shape)
+    for i, density in enumerate((0.5, 0.3)):
+        solo = resolve_params({"method": "breadcrumbs", "weights": [1.0], "density": density, "gamma": 0.1}, 1)
+        one = fast_gta.plan_sparsity("w", flat_base, [xs[i]], solo, is_delta=False, shape=shape)
+        merged, stats, _, _ = fast_gta.merge_planned(flat_base, [xs[i]], one, solo, is_delta=False)
+        assert round(stats.kept_fraction * n) == int(density * n)
+        assert torch.equal(torch.from_numpy(merged).view(shape), merge_tensor("w", base, [models[i]], solo)[0])
+    assert plan.cutoff.min() >= 0
+    _assert_matches_reference("w", base, models, params)

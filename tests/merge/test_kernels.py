@@ -250,3 +250,19 @@ def test_magnitude_ties_keep_exactly_k_lowest_index_first():
     assert out.tolist() == [0.5, -0.5, 2.0, 0.0, 0.0, 0.0]
     zeros = torch.tensor([0.0, 0.0, 0.0, 1.0])
     assert K.sparsify_magnitude(zeros, 0.5).tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_breadcrumbs_keeps_exactly_int_density_n_at_ties():
+    """Ties at both cuts (bfloat16-like repeated magnitudes): exactly int(density*n) entries survive, as
+    mergekit's sorted slice; keeping every tie kept more (issue 15)."""
+    d = torch.tensor([0.5, -0.5, 0.5, 0.25, -0.25, 0.25, 0.25, 1.0, -1.0, 1.0, 2.0, 0.125] * 10)
+    n = d.numel()
+    for density, gamma in ((0.5, 0.1), (0.3, 0.2), (0.75, 0.3), (0.2, 0.0)):
+        out = K.sparsify_breadcrumbs(d, density, gamma)
+        assert int(torch.count_nonzero(out)) == int(density * n), (density, gamma)
+        ref = torch.zeros_like(d)
+        order = torch.sort(d.abs(), stable=True).indices
+        n_bottom = max(0, n - int(density * n) - int(gamma * n))
+        idx = order[n_bottom:n_bottom + int(density * n)]
+        ref[idx] = d[idx]
+        assert torch.equal(out, ref)

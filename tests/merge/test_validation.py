@@ -210,9 +210,9 @@ def test_validate_without_model_count_and_omegaconf():
 
 def test_validate_reads_mergekit_file(tmp_path):
     (tmp_path / "mk.yml").write_text("merge_method: ties\nbase_model: B\nmodels:\n"
-                                     "  - model: X\n    parameters: {weight: 1, density: 1.7}\n"
+                                     "  - model: X\n    parameters: {weight: 1, density: -1.7}\n"
                                      "  - model: Y\n    parameters: {weight: 1, density: 0.5}\n")
-    with pytest.raises(ValueError, match=r"merge.density=1.7"):
+    with pytest.raises(ValueError, match=r"merge.density=-1.7"):
         validate_merge_config({"method": "linear", "from_mergekit": str(tmp_path / "mk.yml")}, None)
 
 

@@ -97,7 +97,7 @@ def sparsify_stack(tensor_name: str, deltas: Sequence[torch.Tensor], params: Mer
 def sparsity_key(params: MergeParams) -> tuple:
     """What the sparsified deltas depend on (not the weights, lambda or normalize)."""
     return (params.method.sparsify, tuple(params.densities), tuple(params.epsilons), tuple(params.gammas),
-            params.seed, params.rescale)
+            params.seed, params.rescale, params.schedules)
 
 
 def combine_sparse(base: torch.Tensor, stacked: torch.Tensor, params: MergeParams) -> torch.Tensor:

@@ -52,7 +52,8 @@ def peak_rss_bytes() -> int:
 
 
 def _output_dtype(requested: str | None, base_cfg: Mapping[str, Any] | None) -> str:
-    """The safetensors dtype of the merged float tensors: ``merge.dtype``, else the base's, else F32."""
+    """The safetensors dtype of the merged float tensors: ``merge.out_dtype``, else ``merge.dtype`` (as
+    mergekit, whose output stays in its compute dtype without out_dtype), else the base's, else F32."""
     if requested is not None:
         return SAFETENSORS_NAMES[requested]
     name = (base_cfg or {}).get("dtype") or (base_cfg or {}).get("torch_dtype") or "float32"
@@ -64,7 +65,8 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
     """Merge the specialists ``models`` (HF folders or peft LoRA adapters) of ``base`` into ``out``.
 
     ``merge_cfg`` is the merge config group or the ``MergeParams`` resolved from it. Writes sharded
-    safetensors in ``merge.dtype`` (default: the base's), the base's config and tokenizer, and
+    safetensors in ``merge.out_dtype`` (default: ``merge.dtype``, else the base's; the merge itself is
+    computed in float32), the base's config and tokenizer, and
     ``merge_report.json``; returns the report. ``out`` is checked first (``output.check_output``:
     never an input, a file, or a non-empty folder no merge wrote unless ``overwrite``).
     """
@@ -98,7 +100,7 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
         V.check_same_base(base_src, sources, labels, params.max_base_distance)
 
     ref_cfg = V.read_config(ref_path) or {}
-    out_dtype = _output_dtype(params.dtype, ref_cfg)
+    out_dtype = _output_dtype(params.out_dtype or params.dtype, ref_cfg)
     n_layers = int(ref_cfg.get("num_hidden_layers", 1) or 1)
     names = base_src.names()
     entries = []
@@ -117,12 +119,14 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
     try:
         writer = StreamingShardWriter(tmp, entries, int(params.shard_size_mb * 1e6))
         for name, shape, dtype in entries:
+            tensor_params = params.for_tensor(name, n_layers)  # layer gradients and filters evaluated here
             if fused is not None and base_src.dtype_str(name) in FLOAT_DTYPES:
-                merged, stats = _merge_fused(name, shape, params, base_src, sources, labels, fused, check_finite)
+                merged, stats = _merge_fused(name, shape, tensor_params, base_src, sources, labels, fused,
+                                             check_finite)
                 writer.write_array(name, _cast(merged, dtype, fused))
             else:
-                merged, stats = _merge_reference(name, shape, dtype, params, base_src, sources, labels, fishers,
-                                                 n_layers, check_finite, inputs_can_vanish)
+                merged, stats = _merge_reference(name, shape, dtype, tensor_params, base_src, sources, labels,
+                                                 fishers, n_layers, check_finite, inputs_can_vanish)
                 writer.write(name, merged)
             del merged
             if stats is not None:

@@ -29,6 +29,7 @@ class SparsityPlan:
     thr: np.ndarray
     cutoff: np.ndarray
     lo: np.ndarray
+    lo_cutoff: np.ndarray
     density: np.ndarray
     key: np.ndarray
     scale: np.ndarray
@@ -66,7 +67,8 @@ def plan_sparsity(tensor_name: str, base: np.ndarray, xs: Sequence[np.ndarray], 
     n_models, n = len(xs_np), base_np.size
     kind, rescale = params.method.sparsify, params.rescale
     plan = SparsityPlan(rule=np.zeros(n_models, np.int64), thr=np.zeros(n_models, np.int32),
-                        cutoff=np.zeros(n_models, np.int64), lo=np.zeros(n_models, np.int32),
+                        cutoff=np.zeros(n_models, np.int64), lo=np.full(n_models, -1, np.int32),
+                        lo_cutoff=np.zeros(n_models, np.int64),
                         density=np.ones(n_models, np.float32), key=np.zeros(n_models, np.uint64),
                         scale=np.ones(n_models, np.float32),
                         scale_mode=F.SCALE_DIV if rescale == "inverse_prob" else F.SCALE_MUL)
@@ -89,16 +91,18 @@ def plan_sparsity(tensor_name: str, base: np.ndarray, xs: Sequence[np.ndarray], 
             plan.rule[i] = F.KEEP_BAND
             n_keep = int(density * n)
             if n_keep == 0:
-                plan.thr[i], plan.lo[i] = -1, 0  # keeps nothing (and, as the reference, no rescale)
+                plan.thr[i], plan.cutoff[i] = -1, 0  # keeps nothing (and, as the reference, no rescale)
                 continue
+            # the lowest n_bottom + n_keep entries minus the lowest n_bottom (kernels.sparsify_breadcrumbs)
             n_bottom = max(0, n - n_keep - int(params.gammas[i] * n))
-            plan.thr[i] = F.kth_largest_bits(xs_np, base_np, i, is_delta, n - (n_bottom + n_keep) + 1)[0]
-            plan.lo[i] = F.kth_largest_bits(xs_np, base_np, i, is_delta, n - n_bottom)[0] if n_bottom else 0
+            plan.thr[i], plan.cutoff[i] = F.lowest_rule(xs_np, base_np, i, is_delta, n_bottom + n_keep)
+            plan.lo[i], plan.lo_cutoff[i] = F.lowest_rule(xs_np, base_np, i, is_delta, n_bottom)
         else:
             raise ValueError(f"unknown sparsifier {kind!r}")
         if rescale == "l1":
             plan.scale[i] = F.l1_factor(xs_np, base_np, i, is_delta, int(plan.rule[i]), int(plan.thr[i]),
-                                        int(plan.cutoff[i]), int(plan.lo[i]), density, int(plan.key[i]))
+                                        int(plan.cutoff[i]), int(plan.lo[i]), int(plan.lo_cutoff[i]), density,
+                                        int(plan.key[i]))
         elif rescale == "inverse_prob":
             plan.scale[i] = density
     return plan
@@ -149,7 +153,7 @@ def merge_planned(base: np.ndarray, xs: Sequence[np.ndarray], plan: SparsityPlan
         rule = plan.rule
     total = float(sum(params.weights))
     normalize = params.normalize and (params.method.consensus is not None or abs(total) >= 1e-8)
-    counts = F.combine(_arrays(xs), base, is_delta, rule, plan.thr, plan.cutoff, plan.lo, plan.density,
+    counts = F.combine(_arrays(xs), base, is_delta, rule, plan.thr, plan.cutoff, plan.lo, plan.lo_cutoff, plan.density,
                        plan.key, plan.scale, plan.scale_mode, params.weights,
                        1 if params.method.consensus == "sum" else 0, normalize, total, params.lam, True,
                        out)

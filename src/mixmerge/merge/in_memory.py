@@ -95,20 +95,21 @@ class InMemoryMerger:
             cache = self._sparse
         for name, base in self.base.items():
             deltas = self.deltas[name]
+            tp = params.for_tensor(name, self.n_layers)  # layer gradients and filters evaluated here
             if fused:
-                yield name, *self._merge_fused(name, base, deltas, params, cache, (targets or {}).get(name))
+                yield name, *self._merge_fused(name, base, deltas, tp, cache, (targets or {}).get(name))
                 continue
             if kind == "gta":
                 stacked = cache.get(name) if cache is not None else None
                 if stacked is None:
-                    stacked = sparsify_stack(name, deltas, params)
+                    stacked = sparsify_stack(name, deltas, tp)
                     if cache is not None:
                         cache[name] = stacked
                 stats = K.delta_stats(stacked) if with_stats else None
-                merged = combine_sparse(base, stacked, params)
+                merged = combine_sparse(base, stacked, tp)
             else:
                 stats = None
-                merged = merge_whole(name, base, [base + d for d in deltas], params,
+                merged = merge_whole(name, base, [base + d for d in deltas], tp,
                                      fishers=None if fishers is None else [f[name] for f in fishers],
                                      n_layers=self.n_layers)
             yield name, merged, stats
@@ -183,6 +184,8 @@ class InMemoryMerger:
 
 def _affine_coefficients(params) -> tuple[float, list[float]] | None:
     """(c0, [c_i]) when the method is an affine map of base and task vectors, else None."""
+    if params.schedules:  # weights or lambda that vary by layer: not one map for every tensor
+        return None
     method, w = params.method, params.weights
     divisor = weight_divisor(w, params.normalize)
     if method.kind == "linear":  # sum_i w_i (base + delta_i) / divisor

@@ -138,14 +138,32 @@ def sparsify_magnitude(delta: torch.Tensor, density: float, rescale: str | None 
     return _rescale(delta, kept, rescale, density)
 
 
+def _lowest(flat: torch.Tensor, count: int) -> torch.Tensor:
+    """Mask of the ``count`` smallest entries of ``flat``, ties broken by index (a stable ascending sort)."""
+    n = flat.numel()
+    if count <= 0:
+        return torch.zeros_like(flat, dtype=torch.bool)
+    if count >= n:
+        return torch.ones_like(flat, dtype=torch.bool)
+    v = kth_largest(flat, n - count + 1)  # the count-th smallest
+    mask = flat < v
+    tied = torch.nonzero(flat == v).squeeze(1)
+    mask[tied[: count - int(torch.count_nonzero(mask))]] = True
+    return mask
+
+
 def sparsify_breadcrumbs(
     delta: torch.Tensor, density: float, gamma: float, rescale: str | None = None
 ) -> torch.Tensor:
     """Model Breadcrumbs: drop the largest ``gamma`` fraction (outliers) and the smallest entries so
     that a ``density`` fraction is kept. Davari & Belilovsky 2023, https://arxiv.org/abs/2312.06795.
 
-    Counts follow mergekit: ``n_keep = int(density*n)``, ``n_top = int(gamma*n)``, and the outlier cut
-    shrinks when density + gamma > 1.
+    Counts follow mergekit (mergekit/sparsify.py, ``magnitude_outliers``): ascending by |delta|, the
+    ranks ``n_bottom .. n_bottom + int(density*n) - 1`` are kept, ``n_bottom = n - int(density*n) -
+    int(gamma*n)`` (the outlier cut shrinks when density + gamma > 1), so exactly ``int(density*n)``
+    entries survive even when magnitudes tie at either cut (ties broken by index, as a stable sort).
+    (mergekit keeps nothing when ``int(gamma*n)`` is 0, its slice ``[n_bottom:-0]`` being empty; we keep
+    the ``int(density*n)`` entries.)
     """
     if density >= 1:
         return delta
@@ -157,11 +175,7 @@ def sparsify_breadcrumbs(
         return torch.zeros_like(delta)
     n_bottom = max(0, n - n_keep - int(gamma * n))
     flat = delta.abs().reshape(-1)
-    hi = kth_largest(flat, n - (n_bottom + n_keep) + 1)  # ascending rank n_bottom + n_keep - 1
-    keep = flat <= hi
-    if n_bottom > 0:
-        lo = kth_largest(flat, n - n_bottom)  # ascending rank n_bottom
-        keep &= flat >= lo
+    keep = _lowest(flat, n_bottom + n_keep) & ~_lowest(flat, n_bottom)
     kept = torch.where(keep.reshape(delta.shape), delta, 0.0)
     return _rescale(delta, kept, rescale, density)
 

@@ -1,30 +1,82 @@
-"""Read a mergekit YAML (the common subset) into a mixmerge merge config, so users carry configs over.
+"""Read a mergekit YAML into a mixmerge merge config, so users carry configs over with mergekit's meaning.
 
-Supported: ``merge_method``, ``base_model``, ``models: [{model, parameters}]`` with scalar per-model
-``weight``/``density``/``epsilon``/``gamma``, global ``parameters`` (``lambda``, ``normalize``,
-``rescale``, ``t`` incl. gradients and filters, ``filter_wise``), ``dtype``. Not supported (refused
-with a clear error): ``slices``, per-tensor filtered per-model parameters, ``tokenizer_source``. Any
-other key is refused too, with the closest known one (a typo such as ``densty`` must not merge untrimmed).
+Supported: ``merge_method``, ``base_model``, ``models: [{model, parameters}]`` (a ``BASE+ADAPTER`` model is
+the peft adapter folder ADAPTER of the base), ``parameters`` at the top level and per model, each a
+number, a layer gradient (a list of numbers) or filter rules (``[{filter, value}, ...]``), read as
+mergekit does (mergekit/config.py ``ConfigReader.parameter``): a model's own setting first, then the
+top-level one, then the method's default; ``dtype`` (mergekit's compute dtype: we compute in float32, so it
+names the output dtype) and ``out_dtype`` (the output dtype). Refused with an error that names the key:
+``slices``, ``modules``, ``tokenizer_source``/``tokenizer``, ``chat_template``, what mergekit refuses
+(a model with no ``weight``, rules with no fallback for a required parameter), and any other key, with
+the closest known one (a typo such as ``densty`` must not merge untrimmed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mixmerge.merge.params import check_known_keys
+from mixmerge.merge.params import as_number, check_known_keys
 from mixmerge.merge.registry import METHODS
 
 PER_MODEL = ("weight", "density", "epsilon", "gamma")
 GLOBAL = ("lambda", "normalize", "rescale", "t", "filter_wise", "int8_mask")
-UNSUPPORTED = ("slices", "tokenizer_source", "tokenizer", "chat_template")
-TOP_LEVEL = ("merge_method", "base_model", "models", "parameters", "dtype", *UNSUPPORTED)
+SETTINGS = ("lambda", "t")  # the global keys that may be gradients or filter rules
+UNSUPPORTED = ("slices", "modules", "tokenizer_source", "tokenizer", "chat_template")
+TOP_LEVEL = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", *UNSUPPORTED)
 MODEL_ENTRY = ("model", "parameters")
 # The merge keys an imported file decides: the method YAML's defaults for them are dropped.
 IMPORTED_KEYS = ("weight", "weights", "density", "epsilon", "gamma", "lambda", "normalize", "rescale", "t")
+
+
+def _rules(setting: Any, where: str) -> list[dict[str, Any]]:
+    """A mergekit setting as filter rules: a number or a gradient is one rule that matches everything."""
+    if setting is None:
+        return []
+    if isinstance(setting, Mapping):
+        raise ValueError(f"{where}={dict(setting)!r}: a single {{filter, value}} is not a mergekit setting; "
+                         f"write a list of rules [{{filter: ..., value: ...}}, {{value: ...}}]")
+    if isinstance(setting, Sequence) and not isinstance(setting, str):
+        if setting and all(isinstance(r, Mapping) for r in setting):
+            for rule in setting:
+                check_known_keys(rule, ("filter", "value"), f"{where} rule ")
+                _check_gradient(rule.get("value"), where)
+            return [dict(rule) for rule in setting]
+        _check_gradient(setting, where)
+    return [{"filter": None, "value": setting}]
+
+
+def _check_gradient(value: Any, where: str) -> None:
+    if isinstance(value, Sequence) and not isinstance(value, str) and any(isinstance(v, str) for v in value):
+        # mergekit/config.py steps through a list holding strings instead of interpolating it
+        raise ValueError(f"{where}={list(value)!r}: a gradient holding strings; write its numbers as numbers "
+                         f"(0.8 rather than 8e-1, which YAML reads as a string)")
+
+
+def _simplify(rules: list[dict[str, Any]]) -> Any:
+    """Rules as the merge config takes them: the number itself when the first rule is one number for all."""
+    first = rules[0]
+    value = first.get("value")
+    if first.get("filter") in (None, "*") and not (isinstance(value, Sequence) and not isinstance(value, str)):
+        return value
+    if first.get("filter") in (None, "*"):
+        return list(value)
+    return rules
+
+
+def _adapter_of(model: str, base: Any, where: str) -> str:
+    """mergekit's ``MODEL+LORA``: the LoRA applied to MODEL. Merging the adapter folder as a specialist of
+    the base is the same thing, so ``BASE+ADAPTER`` becomes ADAPTER; another model under the LoRA is refused."""
+    if "+" not in model:
+        return model
+    target, adapter = model.split("+", 1)
+    if base is None or target != str(base):
+        raise ValueError(f"{where}={model!r}: a LoRA applied to {target!r}, which is not base_model {base!r}; "
+                         f"only BASE+ADAPTER (the adapter of the base) is supported")
+    return adapter
 
 
 def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML") -> dict[str, Any]:
@@ -34,51 +86,104 @@ def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML")
         if doc.get(key) is not None:
             raise ValueError(f"{source}: mergekit key {key!r} is not supported by merge.from_mergekit; "
                              f"use mergekit itself for that config")
-    check_known_keys(doc.get("parameters") or {}, (*PER_MODEL, *GLOBAL), f"{source}: parameters.")
+    top = doc.get("parameters") or {}
+    check_known_keys(top, (*PER_MODEL, *GLOBAL), f"{source}: parameters.")
     for i, entry in enumerate(doc.get("models") or []):
         check_known_keys(entry, MODEL_ENTRY, f"{source}: models[{i}].")
         check_known_keys(entry.get("parameters") or {}, PER_MODEL, f"{source}: models[{i}].parameters.")
+    for key in GLOBAL:
+        if key not in SETTINGS and isinstance(top.get(key), Sequence) and not isinstance(top.get(key), str):
+            raise ValueError(f"{source}: parameters.{key}={top[key]!r}: a gradient or filter rules of {key} "
+                             f"are not supported; use true or false")
     method = doc.get("merge_method")
     if not method:
         raise ValueError(f"{source}: no merge_method")
     base = doc.get("base_model")
-    entries = [e for e in (doc.get("models") or []) if e.get("model") != base or e.get("parameters")]
-    if method == "slerp":
-        others = [e for e in entries if e.get("model") != base]
-        if base is None or len(others) != 1:
-            raise ValueError(f"{source}: slerp needs base_model and exactly one other model")
-        entries = [{"model": base}, others[0]]
+    if base is not None and "+" in str(base):
+        raise ValueError(f"{source}: base_model={base!r} applies a LoRA to the base; merge that LoRA into the "
+                         f"base first, or list it as a model (BASE+ADAPTER)")
+    row = METHODS.get(method)  # mergekit names only (not our aliases); an unknown method is refused later
+    entries = [dict(e) for e in (doc.get("models") or [])]
+    for i, e in enumerate(entries):
+        e["model"] = _adapter_of(str(e.get("model")), base, f"{source}: models[{i}].model")
+    if base is not None:
+        if method == "slerp":
+            others = [e for e in entries if e["model"] != str(base)]
+            if len(others) != 1:
+                raise ValueError(f"{source}: slerp needs base_model and exactly one other model")
+            entries = [{"model": str(base)}, others[0]]
+        elif row is not None and row.kind == "linear":
+            # mergekit/plan.py adds the base to the inputs, and linear averages every input (its weight:
+            # the base's own entry, else parameters.weight)
+            if not any(e["model"] == str(base) for e in entries):
+                entries.append({"model": str(base)})
+        else:  # mergekit/merge_methods/generalized_task_arithmetic.py: the base gives no task vector
+            entries = [e for e in entries if e["model"] != str(base)]
+    elif method == "slerp":
+        raise ValueError(f"{source}: slerp needs base_model and exactly one other model")
     if not entries:
         raise ValueError(f"{source}: no models to merge")
-    cfg: dict[str, Any] = {"method": method, "base": base, "models": [str(e["model"]) for e in entries]}
-    for key in PER_MODEL:
-        values = [(e.get("parameters") or {}).get(key) for e in entries]
-        if all(v is None for v in values):
+    cfg: dict[str, Any] = {"method": method, "base": base, "models": [e["model"] for e in entries]}
+    per_model_keys = PER_MODEL if method != "slerp" else ()
+    for key in per_model_keys:
+        if key == "weight" and row is not None and row.kind == "model_stock":
+            continue  # mergekit's model_stock reads no weights
+        chains = [_rules((e.get("parameters") or {}).get(key), f"{source}: models[{i}].parameters.{key}")
+                  + _rules(top.get(key), f"{source}: parameters.{key}") for i, e in enumerate(entries)]
+        if key == "weight" and row is not None and row.task_vector_family:
+            for e, chain in zip(entries, chains, strict=True):
+                if not any(r.get("filter") in (None, "*") for r in chain):
+                    what = "has no weight" if not chain else "has weight rules with no fallback"
+                    raise ValueError(f"{source}: model {e['model']!r} {what}; mergekit requires a weight for every "
+                                     f"model (set models[].parameters.weight or parameters.weight)")
+        if all(not chain for chain in chains):
             continue
-        glob = (doc.get("parameters") or {}).get(key)
-        values = [glob if v is None else v for v in values]
-        for v in values:
-            if isinstance(v, list | dict):
-                raise ValueError(f"{source}: per-model {key}={v!r} (gradient/filter) is not supported; use a number")
-        if key == "weight":
-            if any(v is None for v in values):
-                raise ValueError(f"{source}: every model needs a weight when one has one")
-            cfg["weights"] = [float(v) for v in values]
-        else:
-            cfg[key] = values if any(v is not None for v in values) else None
-    for key, value in (doc.get("parameters") or {}).items():
+        cfg_key = "weights" if key == "weight" else key
+        cfg[cfg_key] = [_simplify(chain) if chain else None for chain in chains]
+        if key != "weight" and any(v is None for v in cfg[cfg_key]):
+            default = _default(key, row)
+            cfg[cfg_key] = [default if v is None else v for v in cfg[cfg_key]]
+        for i, chain in enumerate(chains):
+            if key != "weight" and chain and not any(r.get("filter") in (None, "*") for r in chain):
+                cfg[cfg_key][i] = [*chain, {"filter": None, "value": _default(key, row)}]
+        if key == "density":
+            cfg[cfg_key] = [_cap_density(v, f"{source}: density of model {e['model']!r}")
+                            for v, e in zip(cfg[cfg_key], entries, strict=True)]
+    for key, value in top.items():
         if key in GLOBAL and key != "int8_mask":
-            cfg[key] = value
-        elif key == "weight" and "weights" not in cfg:
-            cfg["weights"] = [float(value)] * len(entries)
-        elif key in PER_MODEL and key not in cfg:
-            cfg[key] = value
-    if doc.get("dtype") is not None:
-        cfg["dtype"] = doc["dtype"]
-    row = METHODS.get(method)  # mergekit names only (not our aliases); an unknown method is refused later
-    if row is not None and row.task_vector_family and "weights" not in cfg:
-        cfg["weights"] = [1.0] * len(entries)  # mergekit's default when no weight is given
+            cfg[key] = _simplify(_rules(value, f"{source}: parameters.{key}")) if key in SETTINGS else value
+    if method == "slerp" and cfg.get("t") is None:
+        raise ValueError(f"{source}: slerp needs parameters.t (mergekit requires it)")
+    for key in ("dtype", "out_dtype"):  # mergekit's compute and output dtypes (we compute in float32)
+        if doc.get(key) is not None:
+            cfg[key] = doc[key]
     return cfg
+
+
+def _cap_density(value: Any, where: str) -> Any:
+    """A density above 1 keeps the whole task vector in mergekit (mergekit/sparsify.py returns the tensor
+    when density >= 1), as 1 does: a number above 1 becomes 1. In a gradient or rule the interpolated
+    values would differ, so one above 1 there is refused."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        rules = value if value and all(isinstance(r, Mapping) for r in value) else [{"value": value}]
+        for rule in rules:
+            v = rule.get("value")
+            for x in (v if isinstance(v, Sequence) and not isinstance(v, str) else [v]):
+                if as_number(x, where) > 1:
+                    raise ValueError(f"{where}: {x!r} above 1 in a gradient or filter rule; write 1 (a density "
+                                     f"of 1 or more keeps the whole task vector)")
+        return value
+    return min(as_number(value, where), 1.0)
+
+
+def _default(key: str, row) -> float:
+    """mergekit's defaults (mergekit/merge_methods/generalized_task_arithmetic.py): density 1, gamma
+    0.01, epsilon 0.15 (our registry rows hold them)."""
+    if key == "density":
+        return 1.0
+    if row is None:
+        return 0.0
+    return row.default_gamma if key == "gamma" else row.default_epsilon
 
 
 def load_mergekit_yaml(path: str | Path) -> dict[str, Any]:

@@ -2,8 +2,11 @@
 
 Per-model parameters (``weight``/``weights``, ``density``, ``epsilon``, ``gamma``) take a number for
 all models or a list with one value per model; global ones (``lambda``, ``normalize``, ``rescale``)
-take one value. ``normalize``/``rescale`` left null use the method's default (mergekit's, in its
-registry row). The edge resolves a config once (``resolve_params``) and passes the ``MergeParams`` down.
+take one value. A model's entry (and ``lambda``, ``t``) may also vary by tensor, as mergekit's settings
+do: a layer gradient (a list of numbers) or filter rules (``[{filter, value}, ...]``), a ``Schedule``
+that ``MergeParams.for_tensor`` evaluates per tensor (the mergekit reader writes them). ``normalize``/
+``rescale`` left null use the method's default (mergekit's, in its registry row). The edge resolves a
+config once (``resolve_params``) and passes the ``MergeParams`` down; the engines call ``for_tensor``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mixmerge.dtypes import DTYPE_NAMES
@@ -27,7 +30,7 @@ IO_KEYS = ("base", "models", "output", "from_mergekit", "overwrite")
 # Every other key the merge group may hold (conf/merge/_base.yaml and the method YAMLs); ``check_finite``
 # and ``report_stats`` are switches for tests and sweeps, ``fisher_batches`` is read by the pipeline.
 PARAM_KEYS = ("method", "weight", "weights", "density", "epsilon", "gamma", "lambda", "normalize", "rescale",
-              "rescale_mode", "t", "seed", "dtype", "vocab_policy", "filter_wise", "fisher_paths", "fisher_floor",
+              "rescale_mode", "t", "seed", "dtype", "out_dtype", "vocab_policy", "filter_wise", "fisher_paths", "fisher_floor",
               "fisher_batches", "max_base_distance", "shard_size_mb", "check_finite", "report_stats")
 
 
@@ -55,10 +58,7 @@ def resolve_weights(merge_cfg: Mapping[str, Any], n_models: int) -> list[float]:
         if len(weights) != n_models:
             raise ValueError(f"merge.weights has {len(weights)} values but there are {n_models} models; "
                              f"give one weight per model")
-        for i, w in enumerate(weights):
-            if not _is_number(w):
-                raise ValueError(f"merge.weights[{i}]={w!r} is not a finite number")
-        return [float(w) for w in weights]
+        return [as_number(w, f"merge.weights[{i}]") for i, w in enumerate(weights)]
     w = merge_cfg.get("weight", 0.5)
     if isinstance(w, Sequence) and not isinstance(w, str):
         raise ValueError(f"merge.weight={list(w)!r} is a list; use merge.weights=[...] for per-model weights")
@@ -72,22 +72,55 @@ def resolve_weights(merge_cfg: Mapping[str, Any], n_models: int) -> list[float]:
     return [float(w)] * n_models
 
 
-def _per_model(merge_cfg: Mapping[str, Any], key: str, n_models: int, default: float) -> list[float]:
+def as_number(x: Any, where: str) -> float:
+    """A finite number; a YAML string such as ``8e-1`` (PyYAML reads exponents without a dot as strings,
+    and mergekit accepts them) counts as its value."""
+    if isinstance(x, str):
+        try:
+            x = float(x)
+        except ValueError:
+            raise ValueError(f"{where}={x!r} is not a number") from None
+    if not _is_number(x):
+        raise ValueError(f"{where}={x!r} is not a finite number")
+    return float(x)
+
+
+def _is_setting(v: Any) -> bool:
+    """A layer gradient (list of numbers) or filter rules (list of {filter, value}): not one number."""
+    return isinstance(v, Sequence) and not isinstance(v, str)
+
+
+def _per_model(merge_cfg: Mapping[str, Any], key: str, n_models: int, default: float
+               ) -> tuple[list[float], list[tuple[int, Schedule]]]:
+    """One value per model, and the models whose value varies by tensor (an entry that is a gradient
+    or filter rules, as the mergekit reader writes them): their Schedule, with its first value as the
+    list's placeholder (``MergeParams.for_tensor`` puts in each tensor's own)."""
     value = merge_cfg.get(key)
     if value is None:
-        return [default] * n_models
-    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value] * n_models
+        return [default] * n_models, []
+    values = list(value) if _is_setting(value) else [value] * n_models
     if len(values) != n_models:
         raise ValueError(f"merge.{key} has {len(values)} values but there are {n_models} models")
-    for v in values:
-        if not _is_number(v):
-            raise ValueError(f"merge.{key}={value!r} is not a finite number (or one per model)")
-    return [float(v) for v in values]
+    numbers, schedules = [], []
+    for i, v in enumerate(values):
+        if _is_setting(v):
+            sched = parse_setting(v, f"merge.{key}[{i}]")
+            if not sched.has_fallback():
+                raise ValueError(f"merge.{key}[{i}]={v!r}: no rule without a filter, so tensors no filter matches "
+                                 f"have no {key}; add a last rule {{value: X}}")
+            schedules.append((i, sched))
+            numbers.append(sched.values()[0])
+        else:
+            numbers.append(as_number(v, f"merge.{key}" if not _is_setting(value) else f"merge.{key}[{i}]"))
+    return numbers, schedules
 
 
 @dataclass(frozen=True)
-class TSchedule:
-    """SLERP's t: a number, a gradient over layers (list), or filtered rules [{filter, value}, ...]."""
+class Schedule:
+    """A parameter that varies by tensor, as mergekit reads its settings (mergekit/config.py,
+    ``evaluate_setting``): rules ``(filter, values)`` tried in order; the first whose filter is None,
+    ``*`` or a substring of the tensor name gives the value; several values are a gradient over the
+    layer stack."""
 
     rules: tuple[tuple[str | None, tuple[float, ...]], ...]
 
@@ -95,38 +128,65 @@ class TSchedule:
         for pattern, values in self.rules:
             if pattern in (None, "*") or pattern in tensor_name:
                 return _gradient_value(values, tensor_name, n_layers)
-        return 0.5
+        raise ValueError(f"no rule of {self.rules!r} matches tensor {tensor_name!r}")
+
+    def values(self) -> list[float]:
+        return [v for _, values in self.rules for v in values]
+
+    def has_fallback(self) -> bool:
+        """A rule that matches every tensor (no filter): mergekit fails on a tensor no rule matches."""
+        return any(pattern in (None, "*") for pattern, _ in self.rules)
+
+
+TSchedule = Schedule  # SLERP's t: the first Schedule this module had
 
 
 def _gradient_value(values: tuple[float, ...], tensor_name: str, n_layers: int) -> float:
-    """mergekit-style gradient: values spread evenly over the layers, linearly interpolated; tensors
-    outside the layer stack take the first value (embeddings) or the last (final norm, lm_head)."""
+    """mergekit's gradient (mergekit/config.py ``evaluate_setting``, mergekit/plan.py): layer i of n sits
+    at t = i / (n - 1) (t = 1 when n = 1), tensors outside the layer stack (embeddings, final norm,
+    lm_head) at t = 0; the value is interpolated linearly between the two nearest list entries."""
     if len(values) == 1:
         return values[0]
     layer = layer_index(tensor_name)
-    if layer is None:
-        return values[0] if "embed" in tensor_name else values[-1]
-    pos = layer / max(n_layers - 1, 1) * (len(values) - 1)
-    lo = min(int(math.floor(pos)), len(values) - 2)
-    frac = pos - lo
-    return values[lo] * (1 - frac) + values[lo + 1] * frac
+    t = 0.0 if layer is None else layer / (n_layers - 1) if n_layers > 1 else 1.0
+    scaled = t * (len(values) - 1)
+    i0 = int(scaled)
+    i1 = min(len(values) - 1, i0 + 1)
+    frac = scaled - i0
+    return (1 - frac) * values[i0] + frac * values[i1]
 
 
-def parse_t(t: Any) -> TSchedule:
-    def as_values(v: Any) -> tuple[float, ...]:
-        vals = list(v) if isinstance(v, Sequence) and not isinstance(v, str) else [v]
-        if not vals or not all(_is_number(x) and 0 <= float(x) <= 1 for x in vals):
-            raise ValueError(f"merge.t={t!r}: every t must be a number in [0, 1]")
-        return tuple(float(x) for x in vals)
+def parse_setting(v: Any, where: str) -> Schedule:
+    """A number, a gradient (list of numbers) or filter rules ([{filter, value}, ...]) as a Schedule."""
+    def as_values(x: Any) -> tuple[float, ...]:
+        vals = list(x) if _is_setting(x) else [x]
+        if not vals:
+            raise ValueError(f"{where}={v!r}: an empty list has no value")
+        return tuple(as_number(e, where) for e in vals)
 
-    if isinstance(t, Sequence) and not isinstance(t, str) and t and all(isinstance(x, Mapping) for x in t):
+    if _is_setting(v) and v and all(isinstance(x, Mapping) for x in v):
         rules = []
-        for rule in t:
+        for rule in v:
+            check_known_keys(rule, ("filter", "value"), f"{where} rule ")
             if "value" not in rule:
-                raise ValueError(f"merge.t rule {dict(rule)!r} has no 'value'")
+                raise ValueError(f"{where} rule {dict(rule)!r} has no 'value'")
             rules.append((rule.get("filter"), as_values(rule["value"])))
-        return TSchedule(tuple(rules))
-    return TSchedule(((None, as_values(0.5 if t is None else t)),))
+        return Schedule(tuple(rules))
+    if _is_setting(v) and any(isinstance(x, Mapping) for x in v):
+        raise ValueError(f"{where}={v!r} mixes filter rules and numbers")
+    return Schedule(((None, as_values(v)),))
+
+
+def parse_t(t: Any) -> Schedule:
+    sched = parse_setting(0.5 if t is None else t, "merge.t")
+    if not all(0 <= x <= 1 for x in sched.values()):
+        raise ValueError(f"merge.t={t!r}: every t must be a number in [0, 1]")
+    if not sched.has_fallback():
+        # mergekit/config.py: a filter list no rule of which matches a tensor gives no t, and slerp's t
+        # is required ("Missing required parameter t").
+        raise ValueError(f"merge.t={t!r}: no rule without a filter, so tensors no filter matches have no t; "
+                         f"add a last rule {{value: X}}")
+    return sched
 
 
 @dataclass(frozen=True)
@@ -141,7 +201,7 @@ class MergeParams:
     rescale: str | None  # None, "l1" or "inverse_prob"
     t: TSchedule
     seed: int
-    dtype: str | None
+    dtype: str | None  # mergekit's compute dtype; we compute in float32, so it names the output's unless out_dtype
     filter_wise: bool = False
     fisher_floor: float = 1e-6
     vocab_policy: str = "strict"
@@ -150,7 +210,25 @@ class MergeParams:
     shard_size_mb: float = DEFAULT_SHARD_SIZE_MB
     check_finite: bool = True
     report_stats: bool = False
+    out_dtype: str | None = None  # the merged tensors' dtype (mergekit's out_dtype); None: dtype, else the base's
     extra: dict[str, Any] = field(default_factory=dict)
+    # Parameters that vary by tensor (mergekit layer gradients and filters): (field, model index, schedule);
+    # field is "weights", "densities", "epsilons", "gammas" (per model) or "lam" (index -1).
+    schedules: tuple[tuple[str, int, Schedule], ...] = ()
+
+    def for_tensor(self, tensor_name: str, n_layers: int) -> MergeParams:
+        """The parameters of one tensor: every scheduled value evaluated at its layer (and filters)."""
+        if not self.schedules:
+            return self
+        lists = {f: list(getattr(self, f)) for f in ("weights", "densities", "epsilons", "gammas")}
+        lam = self.lam
+        for name, i, sched in self.schedules:
+            value = sched.at(tensor_name, n_layers)
+            if name == "lam":
+                lam = value
+            else:
+                lists[name][i] = value
+        return replace(self, **lists, lam=lam, schedules=())
 
     def require_fisher_paths(self, n_models: int) -> tuple[str, ...]:
         """The Fisher folders, one per model, or the error that says how to get them."""
@@ -164,7 +242,9 @@ class MergeParams:
         return {"method": self.method.name, "weights": self.weights, "density": self.densities,
                 "epsilon": self.epsilons, "gamma": self.gammas, "lambda": self.lam,
                 "normalize": self.normalize, "rescale": self.rescale, "t": [list(r[1]) for r in self.t.rules],
-                "seed": self.seed, "dtype": self.dtype, "vocab_policy": self.vocab_policy}
+                "seed": self.seed, "dtype": self.dtype, "out_dtype": self.out_dtype, "vocab_policy": self.vocab_policy,
+                **({"by_tensor": {f"{name}[{i}]" if i >= 0 else name: [[p, list(v)] for p, v in s.rules]
+                                  for name, i, s in self.schedules}} if self.schedules else {})}
 
 
 def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) -> MergeParams:
@@ -184,27 +264,54 @@ def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) ->
                          f"got {n_models}")
     if method.max_models is not None and n_models > method.max_models:
         raise ValueError(f"merge.method={method.name} merges exactly {method.max_models} models, got {n_models}")
-    weights = resolve_weights(merge_cfg, n_models)
-    densities = _per_model(merge_cfg, "density", n_models, 1.0)
-    epsilons = _per_model(merge_cfg, "epsilon", n_models, method.default_epsilon)
-    gammas = _per_model(merge_cfg, "gamma", n_models, method.default_gamma)
-    for i, d in enumerate(densities):
-        if not 0 < d <= 1:
-            raise ValueError(f"merge.density={d} (model {i}) is outside (0, 1]; density is the fraction of "
-                             f"each task vector that is kept")
-    for i, (d, e) in enumerate(zip(densities, epsilons, strict=True)):
-        if e < 0:
-            raise ValueError(f"merge.epsilon={e} (model {i}) is negative")
-        if method.sparsify == "della" and d < 1 and not (d - e > 0 and d + e <= 1):
-            raise ValueError(f"merge.epsilon={e} with merge.density={d} (model {i}) gives keep probabilities "
-                             f"outside (0, 1]; choose epsilon < min(density, 1 - density)")
-    for i, g in enumerate(gammas):
-        if not 0 <= g < 1:
-            raise ValueError(f"merge.gamma={g} (model {i}) is outside [0, 1)")
-    lam = merge_cfg.get("lambda", 1.0)
-    lam = 1.0 if lam is None else lam
-    if not _is_number(lam):
-        raise ValueError(f"merge.lambda={lam!r} is not a finite number")
+    schedules: list[tuple[str, int, Schedule]] = []
+    if any(_is_setting(w) for w in (merge_cfg.get("weights") or [])):
+        weights, scheduled = _per_model(merge_cfg, "weights", n_models, 1.0)
+        schedules += [("weights", i, s) for i, s in scheduled]
+    else:
+        weights = resolve_weights(merge_cfg, n_models)
+    densities, scheduled = _per_model(merge_cfg, "density", n_models, 1.0)
+    schedules += [("densities", i, s) for i, s in scheduled]
+    epsilons, scheduled = _per_model(merge_cfg, "epsilon", n_models, method.default_epsilon)
+    schedules += [("epsilons", i, s) for i, s in scheduled]
+    gammas, scheduled = _per_model(merge_cfg, "gamma", n_models, method.default_gamma)
+    schedules += [("gammas", i, s) for i, s in scheduled]
+
+    def every(name: str, values: list[float]) -> list[list[float]]:
+        """Each model's possible values: its number, or every value of its schedule."""
+        out = [[v] for v in values]
+        for f, i, sched in schedules:
+            if f == name:
+                out[i] = sched.values()
+        return out
+
+    for i, ds in enumerate(every("densities", densities)):
+        for d in ds:
+            if not 0 < d <= 1:
+                raise ValueError(f"merge.density={d} (model {i}) is outside (0, 1]; density is the fraction of "
+                                 f"each task vector that is kept")
+    for i, (ds, es) in enumerate(zip(every("densities", densities), every("epsilons", epsilons), strict=True)):
+        for e in es:
+            if e < 0:
+                raise ValueError(f"merge.epsilon={e} (model {i}) is negative")
+            for d in ds:
+                # mergekit/sparsify.py (della_magprune) refuses density +/- epsilon outside the open (0, 1)
+                if method.sparsify == "della" and d < 1 and not (d - e > 0 and d + e < 1):
+                    raise ValueError(f"merge.epsilon={e} with merge.density={d} (model {i}) gives keep "
+                                     f"probabilities outside (0, 1) (mergekit refuses it too); choose "
+                                     f"epsilon < min(density, 1 - density)")
+    for i, gs in enumerate(every("gammas", gammas)):
+        for g in gs:
+            if not 0 <= g < 1:
+                raise ValueError(f"merge.gamma={g} (model {i}) is outside [0, 1)")
+    lam_cfg = merge_cfg.get("lambda", 1.0)
+    lam_cfg = 1.0 if lam_cfg is None else lam_cfg
+    if _is_setting(lam_cfg):
+        lam_sched = parse_setting(lam_cfg, "merge.lambda")
+        schedules.append(("lam", -1, lam_sched))
+        lam = lam_sched.values()[0]
+    else:
+        lam = as_number(lam_cfg, "merge.lambda")
     normalize = merge_cfg.get("normalize")
     normalize = method.default_normalize if normalize is None else normalize
     if not isinstance(normalize, bool):
@@ -224,6 +331,10 @@ def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) ->
     dtype = merge_cfg.get("dtype")
     if dtype is not None and dtype not in DTYPE_NAMES:
         raise ValueError(f"merge.dtype={dtype!r} is not one of {DTYPE_NAMES} (or null for the base's dtype)")
+    out_dtype = merge_cfg.get("out_dtype")
+    if out_dtype is not None and out_dtype not in DTYPE_NAMES:
+        raise ValueError(f"merge.out_dtype={out_dtype!r} is not one of {DTYPE_NAMES} (or null for merge.dtype, "
+                         f"else the base's dtype)")
     vocab_policy = merge_cfg.get("vocab_policy") or "strict"
     if vocab_policy not in VOCAB_POLICIES:
         raise ValueError(f"merge.vocab_policy={vocab_policy!r} is not one of {VOCAB_POLICIES}")
@@ -251,5 +362,6 @@ def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) ->
         fisher_paths=None if fisher_paths is None else tuple(str(p) for p in fisher_paths),
         max_base_distance=None if max_dist is None else float(max_dist), shard_size_mb=float(shard_mb),
         check_finite=merge_cfg.get("check_finite", True) is not False,
-        report_stats=bool(merge_cfg.get("report_stats", False)),
+        report_stats=bool(merge_cfg.get("report_stats", False)), schedules=tuple(schedules),
+        out_dtype=out_dtype,
     )

@@ -30,7 +30,7 @@ class MergeMethod:
 
     @property
     def task_vector_family(self) -> bool:
-        """Linear and the task-vector methods: mergekit gives every model weight 1.0 when none is set."""
+        """Linear and the task-vector methods: mergekit requires a weight for every model they merge."""
         return self.kind in ("linear", "gta")
 
     @property
@@ -65,7 +65,9 @@ _ROWS = (
 METHODS: dict[str, MergeMethod] = {row.name: row for row in _ROWS}
 # Bumped whenever the same parameters would give other merged weights, so cached merges are not reused
 # across it. 2: random masks from a counter-based hash (kernels.counter_uniform) instead of torch.rand.
-ALGORITHM_VERSION = 2
+# 3: breadcrumbs keeps exactly int(density*n) entries at tied magnitudes; a SLERP t gradient gives the
+# final norm and lm_head its first value (mergekit 0.1.5), not its last.
+ALGORITHM_VERSION = 3
 # The study's names for mergekit's methods: `merge=dare` is DARE with TIES sign election.
 ALIASES: dict[str, str] = {"dare": "dare_ties"}
 

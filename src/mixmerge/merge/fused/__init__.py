@@ -49,9 +49,9 @@ from mixmerge.merge.fused.primitives import (
     SCALE_NONE,
 )
 from mixmerge.merge.fused.rng import _uniform
-from mixmerge.merge.fused.select import bits_to_float, kth_largest_bits, top_k_rule
+from mixmerge.merge.fused.select import bits_to_float, kth_largest_bits, lowest_rule, top_k_rule
 
 __all__ = ["BLOCK", "KEEP_ALL", "KEEP_BAND", "KEEP_RANDOM", "KEEP_TOP", "SCALE_DIV", "SCALE_MUL", "SCALE_NONE",
            "SORT", "SORT_AND_STORE", "USE_STORED", "_uniform", "bits_to_float", "bucket_layout", "combine",
-           "della_sparsify", "kth_largest_bits", "l1_factor", "rank_dtype", "to_bfloat16_bits", "top_k_rule",
+           "della_sparsify", "kth_largest_bits", "l1_factor", "lowest_rule", "rank_dtype", "to_bfloat16_bits", "top_k_rule",
            "weighted_sum"]

@@ -21,9 +21,9 @@ from mixmerge.merge.fused.primitives import (
 from mixmerge.merge.fused.rng import _uniform
 
 
-def l1_factor(xs, base, i, is_delta, rule, thr, cutoff, lo, density, key) -> float:
+def l1_factor(xs, base, i, is_delta, rule, thr, cutoff, lo, lo_cutoff, density, key) -> float:
     """sum |delta| / sum |kept| (1 when either is ~0), summed in a fixed block order."""
-    sums = _abs_sums(xs, base, i, is_delta, rule, thr, cutoff, lo, np.float32(density), np.uint64(key))
+    sums = _abs_sums(xs, base, i, is_delta, rule, thr, cutoff, lo, lo_cutoff, np.float32(density), np.uint64(key))
     before, after = float(sums[:, 0].sum()), float(sums[:, 1].sum())
     return 1.0 if before < 1e-7 or after < 1e-7 else before / after
 
@@ -34,9 +34,14 @@ _TILE = 1024  # entries per tile: the per-model tiles stay in L1, so each inner 
 
 
 @njit(inline="always")
-def _sparse_tile(xs, base, i, start, m, is_delta, rule, thr, cutoff, lo, density, key, scale, scale_mode, s_row):
+def _sparse_tile(xs, base, i, start, m, is_delta, rule, thr, cutoff, lo, lo_cutoff, density, key, scale, scale_mode,
+                 s_row):
     """s_row[:m] = model i's sparsified, rescaled task vector on entries start..start+m (one loop per
-    rule, so each is a simple vectorizable loop); returns how many task-vector entries are not finite."""
+    rule, so each is a simple vectorizable loop); returns how many task-vector entries are not finite.
+
+    KEEP_TOP keeps |delta| bits above ``thr``, and those equal to it below index ``cutoff``; KEEP_BAND
+    keeps the lowest entries that rule (``bits < thr``, or equal below ``cutoff``) would select, minus
+    the lowest the same rule with ``lo``/``lo_cutoff`` selects: exact counts at tied magnitudes."""
     x = xs[i]
     zero = np.float32(0.0)
     bad = 0
@@ -57,7 +62,10 @@ def _sparse_tile(xs, base, i, start, m, is_delta, rule, thr, cutoff, lo, density
     elif rule == KEEP_BAND:
         for jj in range(m):
             bits = _f32_bits(abs(s_row[jj]))
-            if not (lo <= bits <= thr):
+            j = start + jj
+            in_high = bits < thr or (bits == thr and j < cutoff)
+            in_low = bits < lo or (bits == lo and j < lo_cutoff)
+            if not (in_high and not in_low):
                 s_row[jj] = zero
     if scale_mode == SCALE_MUL and scale != np.float32(1.0):
         for jj in range(m):
@@ -81,7 +89,7 @@ def _pairwise_sum(values, m):
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _abs_sums(xs, base, i, is_delta, rule, thr, cutoff, lo, density, key):
+def _abs_sums(xs, base, i, is_delta, rule, thr, cutoff, lo, lo_cutoff, density, key):
     """Per block: sum |delta| and sum |kept delta| in float64 (the L1 rescale's norms), by tiles."""
     n = xs[0].shape[0]
     n_blocks = (n + BLOCK - 1) // BLOCK
@@ -94,7 +102,7 @@ def _abs_sums(xs, base, i, is_delta, rule, thr, cutoff, lo, density, key):
         before, after = 0.0, 0.0
         for start in range(b * BLOCK, min(n, (b + 1) * BLOCK), _TILE):
             m = min(_TILE, n - start)
-            _sparse_tile(xs, base, i, start, m, is_delta, rule, thr, cutoff, lo, density, key,
+            _sparse_tile(xs, base, i, start, m, is_delta, rule, thr, cutoff, lo, lo_cutoff, density, key,
                          np.float32(1.0), SCALE_NONE, kept)
             for jj in range(m):
                 a_all[jj] = abs(np.float64(_delta(x, base, start + jj, is_delta)))
@@ -126,7 +134,7 @@ def _mix(total, pos, neg, div_pos, div_neg, consensus, normalize, total_w, lam):
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _combine(xs, base, is_delta, rule, thr, cutoff, lo, density, key, scale, scale_mode, w,
+def _combine(xs, base, is_delta, rule, thr, cutoff, lo, lo_cutoff, density, key, scale, scale_mode, w,
              consensus, normalize, total_w, lam, add_base, out):
     """base + lam * combine_i(w_i * sparsify_i(delta_i)) per entry, in the reference's float32 order.
 
@@ -152,7 +160,7 @@ def _combine(xs, base, is_delta, rule, thr, cutoff, lo, density, key, scale, sca
             m = min(_TILE, n - start)
             for i in range(n_models):
                 bad_in += _sparse_tile(xs, base, i, start, m, is_delta, rule[i], thr[i], cutoff[i], lo[i],
-                                       density[i], key[i], scale[i], scale_mode, sparse[i])
+                                       lo_cutoff[i], density[i], key[i], scale[i], scale_mode, sparse[i])
             if n_models == 2:  # the common case, in registers (no accumulator arrays)
                 s0_row, s1_row = sparse[0], sparse[1]
                 w0, w1 = w[0], w[1]
@@ -212,11 +220,12 @@ def _combine(xs, base, is_delta, rule, thr, cutoff, lo, density, key, scale, sca
 
 
 
-def combine(xs, base, is_delta, rule, thr, cutoff, lo, density, key, scale, scale_mode, w,
+def combine(xs, base, is_delta, rule, thr, cutoff, lo, lo_cutoff, density, key, scale, scale_mode, w,
             consensus, normalize, total_w, lam, add_base, out) -> np.ndarray:
     """Typed entry point of ``_combine`` (see there)."""
     return _combine(xs, base, bool(is_delta), np.asarray(rule, np.int64), np.asarray(thr, np.int32),
-                    np.asarray(cutoff, np.int64), np.asarray(lo, np.int32), np.asarray(density, np.float32),
+                    np.asarray(cutoff, np.int64), np.asarray(lo, np.int32), np.asarray(lo_cutoff, np.int64),
+                    np.asarray(density, np.float32),
                     np.asarray(key, np.uint64), np.asarray(scale, np.float32), int(scale_mode),
                     np.asarray(w, np.float32), int(consensus), bool(normalize), np.float32(total_w), np.float32(lam),
                     bool(add_base), out)

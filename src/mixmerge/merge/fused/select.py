@@ -108,3 +108,16 @@ def top_k_rule(xs: np.ndarray, base: np.ndarray, i: int, is_delta: bool, k: int)
 
 def bits_to_float(bits: int) -> float:
     return float(np.array([bits], np.int32).view(np.float32)[0])
+
+
+def lowest_rule(xs: np.ndarray, base: np.ndarray, i: int, is_delta: bool, count: int) -> tuple[int, int]:
+    """(threshold bits, cutoff index) such that entries with bits < threshold, or == threshold and index <
+    cutoff, are exactly the ``count`` smallest |delta| (ties: lowest indices, as a stable ascending sort).
+    ``count`` 0 gives (-1, 0), which selects nothing."""
+    n = xs[0].shape[0]
+    if count <= 0:
+        return -1, 0
+    thr, above, tied = kth_largest_bits(xs, base, i, is_delta, n - count + 1)  # the count-th smallest
+    need = count - (n - above - tied)
+    cutoff = n if need == tied else _nth_tied_index(xs, base, i, is_delta, thr, need)
+    return thr, cutoff
