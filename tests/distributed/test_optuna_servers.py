@@ -114,7 +114,8 @@ def test_killed_worker_trial_is_retried_by_the_survivor(storage_url, trained_cac
             continue
         owner = {p: [t for t in trials if t.user_attrs.get(st.OWNER_ATTR, "").endswith(f":{p}")]
                  for p in (victim.pid, survivor.pid)}
-        running = [t for t in owner[victim.pid] if t.state == TrialState.RUNNING]
+        # running with its parameters already sampled (a trial is owned a moment before it is parameterised)
+        running = [t for t in owner[victim.pid] if t.state == TrialState.RUNNING and t.params]
         if running and owner[survivor.pid]:
             os.killpg(victim.pid, signal.SIGKILL)  # mid-trial: no cleanup, nobody tells Optuna
             killed_number, killed_params = running[0].number, running[0].params
