@@ -7,6 +7,7 @@ new one, never half a file. The temporary name is unique per call, so two writer
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -102,3 +103,14 @@ def publish_folder(tmp: Path, out: Path) -> None:
         old.unlink()
     elif old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def json_safe(obj):
+    """NaN is not JSON: undefined numbers (NaN, inf) become null, through nested mappings and sequences."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj

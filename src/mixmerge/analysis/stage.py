@@ -10,7 +10,6 @@ depends on Hydra.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from mixmerge.analysis.plots import plot_analysis, write_tables
 from mixmerge.analysis.recommend import Recommendation, check_recommendation, correlation_profile, recommend
 from mixmerge.analysis.report import write_analysis_report
 from mixmerge.analysis.stream import AnalysisResult, analyze_models
-from mixmerge.files import write_json_atomic
+from mixmerge.files import json_safe, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +34,6 @@ class AnalysisOutputs:
     plots: list[Path] = field(default_factory=list)
 
 
-def _json_safe(obj):
-    """NaN is not JSON: write undefined numbers as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Mapping):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def _pairs(cfg: Mapping, models: Mapping[str, Path]) -> list[tuple[str, str]] | None:
@@ -104,7 +94,7 @@ def run_analysis(
         )
     files["recommendation"] = out / "recommendation.json"
     write_json_atomic(files["recommendation"],
-                      _json_safe({"recommendation": rec.to_dict() if rec else None, "check": check}))
+                      json_safe({"recommendation": rec.to_dict() if rec else None, "check": check}))
     files["report"] = write_analysis_report(result, rec, check, out, plots=plots)
     if run is not None:
         from mixmerge.analysis.wandb_log import log_analysis

@@ -23,7 +23,7 @@ from mixmerge.eval import evidence as ev
 from mixmerge.eval.evidence import Measured
 from mixmerge.eval.forgetting import changes_from_comparisons, describe_forgetting
 from mixmerge.eval.uncertainty import mean_over_replicates
-from mixmerge.files import write_json_atomic, write_text_atomic
+from mixmerge.files import json_safe, write_json_atomic, write_text_atomic
 from mixmerge.models import BaseModel
 from mixmerge.report import format_table
 from mixmerge.stages import (
@@ -62,9 +62,9 @@ def write_results(cfg, run_dir: Path, results: Mapping[str, Mapping], caption: s
     try:
         objective = objective_value(cfg, results)
     except Exception:  # e.g. objective.statistic=lcb without an interval: keep the evaluation, then fail
-        write_json_atomic(run_dir / "metrics.json", _json_safe(record))
+        write_json_atomic(run_dir / "metrics.json", json_safe(record))
         raise
-    write_json_atomic(run_dir / "metrics.json", _json_safe({**record, "objective": objective}))
+    write_json_atomic(run_dir / "metrics.json", json_safe({**record, "objective": objective}))
     if seeds and len(seeds) > 1:
         caption += (f" Trained under {len(seeds)} seeds ({', '.join(map(str, seeds))}): each value is the mean over"
                     " seeds, its interval resamples the examples (seeds fixed), sd is the spread over seeds.")
@@ -77,15 +77,6 @@ def write_results(cfg, run_dir: Path, results: Mapping[str, Mapping], caption: s
     return objective
 
 
-def _json_safe(obj):
-    """NaN is not JSON: undefined numbers are written as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Mapping):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def describe_verdict(verdict: Mapping[str, Any]) -> str | None:
@@ -178,7 +169,7 @@ def analyse_replicates(cfg, run_dir: Path, base: BaseModel, by_seed: Mapping[int
                "r_mean": float(np.mean(finite)) if finite else None,
                "r_sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
                "choice_per_seed": {str(s): rec.choice for s, rec in recs.items()}, "stable": stable}
-    write_json_atomic(run_dir / "analysis" / "replicates.json", _json_safe(summary))
+    write_json_atomic(run_dir / "analysis" / "replicates.json", json_safe(summary))
     per = ", ".join(f"seed {s}: {x:.3f}" for s, x in r.items())
     spread = f" ± {summary['r_sd']:.3f} (sd)" if summary["r_sd"] is not None else ""
     print(f"Task-vector correlation over {len(r)} seeds: r = {summary['r_mean']:.3f}{spread} ({per}). "
