@@ -215,6 +215,15 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         validate_merge_config(cfg["merge"], n_models=len(cfg["merge"].get("models") or []) or None)
         return
     validate_model(cfg["model"])
+    if strategy["name"] == "methods":
+        from mixmerge.strategy.methods import plan_candidates
+
+        validate_training(cfg["finetune"], cfg["trainer"])
+        validate_task(cfg["task"])
+        try:  # every candidate's every grid point, before the specialists are trained
+            plan_candidates(strategy, cfg["merge"], len(cfg["task"]["tasks"]))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     resamples = (cfg["eval"].get("bootstrap") or {}).get("resamples", 2000)
     _require(isinstance(resamples, int) and not isinstance(resamples, bool) and resamples >= 1000,
              f"eval.bootstrap.resamples={resamples!r} must be an integer of at least 1000 (the intervals' "

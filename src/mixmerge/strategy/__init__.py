@@ -21,6 +21,7 @@ STRATEGIES: dict[str, str] = {
     "report": "mixmerge.strategy.report",
     "prepare": "mixmerge.strategy.prepare",
     "plan": "mixmerge.strategy.plan",
+    "methods": "mixmerge.strategy.methods",
 }
 
 
