@@ -31,7 +31,14 @@ from mixmerge.eval import evidence as ev
 from mixmerge.eval.evidence import AGGREGATE, Measured
 from mixmerge.files import json_safe, save_figure_atomic, write_json_atomic, write_text_atomic
 from mixmerge.report import format_interval, format_table
-from mixmerge.stages import Variant, ensure_base, ensure_evaluation, ensure_merged, ensure_mixture, ensure_specialist
+from mixmerge.stages import (
+    Variant,
+    ensure_base,
+    ensure_evaluation,
+    ensure_merged,
+    ensure_mixture,
+    ensure_specialist,
+)
 from mixmerge.tracking import Tracker
 
 log = logging.getLogger(__name__)
