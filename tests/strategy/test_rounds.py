@@ -50,6 +50,8 @@ def test_plan_counts_the_previous_model_as_a_task_vector_only_in_original_mode()
     ({"base_mode": "original", "rounds": [{"add": ["codegen"]}, {"add": ["codesum"],
                                                                  "merge": {"method": "ties", "weights": [1.0]}}]},
      r"strategy.rounds\[1\].merge: merge.weights has 1 values but there are 2 models"),
+    ({"base_mode": "original", "rounds": [{"add": ["codegen"]}, {"add": ["codesum"], "merge": {"method": "fisher"}}]},
+     r"strategy.rounds\[1\].merge: method fisher needs .*base_mode=previous"),
 ])
 def test_plan_rejects_bad_rounds_naming_the_field(strategy, message):
     with pytest.raises(ValueError, match=message):
@@ -61,6 +63,12 @@ ROWS = [
     {"round": 2, "added": ["codesum"], "merge": {"method": "ties"},
      "metrics": {"codegen/loss": 2.5, "codesum/loss": 3.0, "aggregate": -2.75}},
 ]
+
+
+def test_a_fisher_round_on_the_previous_model_is_planned():
+    plan = plan_rounds({"rounds": [{"add": ["codegen"]}, {"add": ["codesum"], "merge": {"method": "fisher"}}]},
+                       ["codegen", "codesum"], TIES)
+    assert plan[1]["merge"]["method"] == "fisher" and plan[1]["n_models"] == 1
 
 
 def test_report_table_has_a_row_per_round_and_blanks_before_a_task_is_added():

@@ -49,6 +49,13 @@ def round_merge_config(global_merge: Mapping[str, Any], round_merge: Mapping[str
     return merged
 
 
+def needs_task_data(merge_cfg: Mapping[str, Any]) -> bool:
+    """A data-aware merge (Fisher) whose statistics the pipeline computes from each specialist's task data."""
+    from mixmerge.merge.registry import get_method
+
+    return get_method(str(merge_cfg["method"])).kind == "fisher" and not merge_cfg.get("fisher_paths")
+
+
 def plan_rounds(strategy_cfg: Mapping[str, Any], task_names: Sequence[str], global_merge: Mapping[str, Any]) -> list[dict]:
     """Check ``strategy.rounds`` before any work; return ``[{add, merge, n_models}]`` per round."""
     from mixmerge.merge import validate_merge_config
@@ -85,6 +92,11 @@ def plan_rounds(strategy_cfg: Mapping[str, Any], task_names: Sequence[str], glob
                 validate_merge_config(merge, n_models=n_models)
             except ValueError as err:
                 raise ValueError(f"{where}.merge: {err}") from err
+            if k > 1 and mode == "original" and needs_task_data(merge):
+                raise ValueError(f"{where}.merge: method {merge['method']} needs each merged model's statistics on "
+                                 f"its own task's data, and round {k - 1}'s main model has no single task; use "
+                                 "strategy.base_mode=previous (the new specialists merge into it) or give the "
+                                 "statistics' paths (merge.fisher_paths)")
         plan.append({"add": add, "merge": merge, "n_models": n_models})
     return plan
 
@@ -144,7 +156,7 @@ def run(cfg: Mapping[str, Any], *, store, run_dir: Path, tracker) -> float | Non
             model = models[0]
         else:
             merge_base = train_from if mode == "previous" else original
-            model = ensure_merged({**cfg, "merge": rnd["merge"]}, store, merge_base, models)
+            model = ensure_merged({**cfg, "merge": rnd["merge"]}, store, merge_base, models, task_data=tasks)
         current = Variant(name, model.path, model.key)
         seen += rnd["add"]
         heldout = {t: tasks[t] for t in seen}
