@@ -166,6 +166,23 @@ def test_knobs_belong_to_merge_correlation_only():
     assert params.as_report()["correlation"]["density_min"] == 0.1
 
 
+def test_every_trial_of_the_search_space_is_a_valid_config():
+    """conf/hparams_search/space/correlation.yaml passes the sweeper's checks, and every point Optuna may
+    sample from it is a merge config the rule accepts (density_min's range lies below density_max's)."""
+    import optuna
+
+    from mixmerge.sweep import space as sp
+    from tests.sweep.test_sweep_space import _load_space
+
+    specs, constraints, domains = _load_space("correlation")
+    sp.validate_space(specs, constraints, domains, "tpe")
+    assert {s.name for s in specs} >= {f"merge.{k}" for k in CorrelationRule().as_report()}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(50):
+        point = sp.suggest_params(study.ask(), specs, constraints)
+        validate_merge_config({"method": "correlation", **{k.removeprefix("merge."): v for k, v in point.items()}}, 2)
+
+
 def _conflicting_specialist(base: Path, spec: Path, out: Path) -> Path:
     """``base - 0.5 (spec - base)`` plus a little noise: a task vector opposing ``spec``'s."""
     shutil.copytree(spec, out)

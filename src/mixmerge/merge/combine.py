@@ -115,8 +115,9 @@ def combine_sparse(base: torch.Tensor, stacked: torch.Tensor, params: MergeParam
 
 
 def merge_correlation(base: torch.Tensor, deltas, params: MergeParams, measured: Measurement | None = None,
-                      ) -> tuple[torch.Tensor, K.KernelStats]:
+                      with_stats: bool = True) -> tuple[torch.Tensor, K.KernelStats]:
     """``merge=correlation``: one tensor merged by the rule of ``correlation_rule.py`` from its task vectors'
     measured correlation, sign conflicts and norms (``measured``, when known); the stats hold the decision."""
     return merge_correlated(base, deltas, params.correlation, params.weights, lam=params.lam,
-                            normalize=params.normalize, rescale=params.rescale, measured=measured)
+                            normalize=params.normalize, rescale=params.rescale, measured=measured,
+                            with_stats=with_stats)

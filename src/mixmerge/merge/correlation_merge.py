@@ -47,19 +47,21 @@ def _mean_defined(values: Sequence[float]) -> float | None:
 def measure(deltas: Sequence[torch.Tensor]) -> Measurement:
     """Norms, mean pairwise Pearson r and mean pairwise sign-conflict rate of the task vectors of one tensor."""
     flats = [d.reshape(-1) for d in deltas]
-    norms = []
-    for flat in flats:
-        acc = NormAccumulator()
-        for start in range(0, flat.numel(), _CHUNK):
-            acc.update(flat[start:start + _CHUNK])
-        norms.append(acc.l2)
+    norms: list[float | None] = [None] * len(flats)
     pearsons, conflicts = [], []
-    for a, b in itertools.combinations(flats, 2):
+    for i, j in itertools.combinations(range(len(flats)), 2):
         pair = PairAccumulator()
-        for start in range(0, a.numel(), _CHUNK):
-            pair.update(a[start:start + _CHUNK], b[start:start + _CHUNK])
+        for start in range(0, flats[i].numel(), _CHUNK):
+            pair.update(flats[i][start:start + _CHUNK], flats[j][start:start + _CHUNK])
         pearsons.append(pair.pearson)
         conflicts.append(pair.sign_conflict_rate)
+        norms[i], norms[j] = pair.l2_x, pair.l2_y  # the pair's raw moments hold both norms
+    for i, flat in enumerate(flats):
+        if norms[i] is None:  # one task: no pair measured it
+            acc = NormAccumulator()
+            for start in range(0, flat.numel(), _CHUNK):
+                acc.update(flat[start:start + _CHUNK])
+            norms[i] = acc.l2
     return Measurement(tuple(norms), _mean_defined(pearsons), _mean_defined(conflicts))
 
 
@@ -103,17 +105,18 @@ def combine(base: torch.Tensor, stacked: torch.Tensor, decision: Decision, *, la
 
 def merge_correlated(base: torch.Tensor, deltas: torch.Tensor | Sequence[torch.Tensor], rule: CorrelationRule,
                      priors: Sequence[float], *, lam: float = 1.0, normalize: bool = True,
-                     rescale: str | None = None, measured: Measurement | None = None,
+                     rescale: str | None = None, measured: Measurement | None = None, with_stats: bool = True,
                      ) -> tuple[torch.Tensor, CorrelationStats]:
     """One tensor of ``merge=correlation``: the float32 merge of ``base`` and its task vectors ``deltas``
     under ``rule`` (``priors``: the task priors, ``merge.weights``), and what was measured and decided.
     ``normalize`` and ``rescale`` apply to the tensors merged as TIES (its disjoint mean, its trim).
-    ``measured``: the task vectors' ``measure``, when known (a sweep's trials share it)."""
+    ``measured``: the task vectors' ``measure``, when known (a sweep's trials share it). Without
+    ``with_stats`` the kept fraction and sign conflicts of what was combined are not counted (nan)."""
     stacked = deltas if isinstance(deltas, torch.Tensor) else torch.stack([d.float() for d in deltas])
     measured = measure(list(stacked)) if measured is None else measured
     decision = rule.decide(measured.norms, measured.pearson, measured.sign_conflict_rate, priors)
     merged, combined = combine(base, stacked, decision, lam=lam, normalize=normalize, rescale=rescale)
-    kept = K.delta_stats(combined)
+    kept = K.delta_stats(combined) if with_stats else KernelStats(math.nan, math.nan)
     stats = CorrelationStats(kept.kept_fraction, kept.sign_conflict_rate, decision.mode, decision.weights,
                              decision.density, measured.pearson, measured.sign_conflict_rate, measured.norm_shares)
     return merged, stats

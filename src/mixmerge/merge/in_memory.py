@@ -118,7 +118,7 @@ class InMemoryMerger:
             elif kind == "correlation":  # decided per tensor every trial (the knobs change it), measured once
                 if name not in self._measured:  # the task vectors' statistics: once per merger, not per trial
                     self._measured[name] = measure(list(deltas))
-                merged, stats = merge_correlation(base, deltas, tp, self._measured[name])
+                merged, stats = merge_correlation(base, deltas, tp, self._measured[name], with_stats)
             else:
                 stats = None
                 merged = merge_whole(name, base, [base + d for d in deltas], tp,
