@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from mixmerge.analysis.deltas import NormAccumulator, PairAccumulator
 from mixmerge.analysis.layers import layer_sort_key, locate
+from mixmerge.merge.deltas import NormAccumulator, PairAccumulator
 from mixmerge.merge.io import SafetensorsFolder
 
 log = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from mixmerge.merge import kernels as K
+from mixmerge.merge.correlation_merge import Measurement, merge_correlated
 from mixmerge.merge.params import MergeParams
 
 
@@ -55,7 +56,8 @@ def merge_whole(
     n_layers: int = 1,
 ) -> torch.Tensor:
     """The methods that combine whole weights rather than sparsified task vectors (linear, slerp,
-    model_stock, fisher): the one dispatch on ``method.kind`` that both engines call."""
+    model_stock, fisher; correlation, whose own dispatch also returns its decision): the one dispatch on
+    ``method.kind`` that both engines call."""
     kind = params.method.kind
     if kind == "linear":
         return K.linear_average(models, params.weights, params.normalize)
@@ -67,6 +69,9 @@ def merge_whole(
         if fishers is None:
             params.require_fisher_paths(len(models))  # raises: names the field and the fix
         return K.fisher_weighted_average(models, fishers, params.weights, params.fisher_floor)
+    if kind == "correlation":
+        base32 = base.float()
+        return merge_correlation(base32, [K.task_vector(m, base32) for m in models], params)[0]
     raise ValueError(f"merge kind {kind!r} of method {params.method.name!r} has no whole-weight kernel")
 
 
@@ -81,6 +86,9 @@ def merge_tensor(
     with_stats: bool = True,
 ) -> tuple[torch.Tensor, K.KernelStats | None]:
     """Merge one tensor; returns the float32 result and (for task-vector methods) its diagnostics."""
+    if params.method.kind == "correlation":  # its diagnostics carry the per-tensor decision
+        base32 = base.float()
+        return merge_correlation(base32, [K.task_vector(m, base32) for m in models], params)
     if params.method.kind != "gta":
         return merge_whole(tensor_name, base, models, params, fishers=fishers, n_layers=n_layers), None
     base32 = base.float()
@@ -104,3 +112,12 @@ def combine_sparse(base: torch.Tensor, stacked: torch.Tensor, params: MergeParam
     """base + the method's combination of already-sparsified deltas (float32)."""
     return K.merge_task_vectors(stacked, params.weights, consensus=params.method.consensus,
                                 normalize=params.normalize, lam=params.lam, base=base)
+
+
+def merge_correlation(base: torch.Tensor, deltas, params: MergeParams, measured: Measurement | None = None,
+                      with_stats: bool = True) -> tuple[torch.Tensor, K.KernelStats]:
+    """``merge=correlation``: one tensor merged by the rule of ``correlation_rule.py`` from its task vectors'
+    measured correlation, sign conflicts and norms (``measured``, when known); the stats hold the decision."""
+    return merge_correlated(base, deltas, params.correlation, params.weights, lam=params.lam,
+                            normalize=params.normalize, rescale=params.rescale, measured=measured,
+                            with_stats=with_stats)

@@ -30,3 +30,7 @@ class KernelStats:
 
     kept_fraction: float
     sign_conflict_rate: float
+
+    def details(self) -> dict:
+        """A method's own per-tensor report beyond these two (merge=correlation's decision); none here."""
+        return {}

@@ -132,6 +132,7 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
             if stats is not None:
                 per_tensor[name] = {"kept_fraction": round(stats.kept_fraction, 6),
                                     "sign_conflict_rate": round(stats.sign_conflict_rate, 6)}
+                per_tensor[name].update(stats.details())  # a method's own decisions (merge=correlation)
         writer.close()
         copy_side_files(ref_path, tmp)
         _fix_config(tmp, out_dtype, shapes, names)

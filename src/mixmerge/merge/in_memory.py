@@ -13,8 +13,15 @@ import torch
 from mixmerge.merge import fast_gta
 from mixmerge.merge import kernels as K
 from mixmerge.merge import validate as V
-from mixmerge.merge.combine import combine_sparse, merge_whole, sparsify_stack, sparsity_key
+from mixmerge.merge.combine import (
+    combine_sparse,
+    merge_correlation,
+    merge_whole,
+    sparsify_stack,
+    sparsity_key,
+)
 from mixmerge.merge.common import weight_divisor
+from mixmerge.merge.correlation_merge import Measurement, measure
 from mixmerge.merge.io import SafetensorsFolder, open_source
 from mixmerge.merge.params import MergeParams, resolve_params
 
@@ -66,6 +73,7 @@ class InMemoryMerger:
             for s in [base_src, *sources]:
                 s.close()
         self._fisher_cache: dict[tuple[str, ...], list[dict[str, torch.Tensor]]] = {}
+        self._measured: dict[str, Measurement] = {}  # merge=correlation's per-tensor statistics
 
     def _fishers(self, paths: Sequence[str]) -> list[dict[str, torch.Tensor]]:
         key = tuple(str(p) for p in paths)
@@ -107,6 +115,10 @@ class InMemoryMerger:
                         cache[name] = stacked
                 stats = K.delta_stats(stacked) if with_stats else None
                 merged = combine_sparse(base, stacked, tp)
+            elif kind == "correlation":  # decided per tensor every trial (the knobs change it), measured once
+                if name not in self._measured:  # the task vectors' statistics: once per merger, not per trial
+                    self._measured[name] = measure(list(deltas))
+                merged, stats = merge_correlation(base, deltas, tp, self._measured[name], with_stats)
             else:
                 stats = None
                 merged = merge_whole(name, base, [base + d for d in deltas], tp,
@@ -152,6 +164,7 @@ class InMemoryMerger:
             if stats is not None and with_stats:
                 per_tensor[name] = {"kept_fraction": stats.kept_fraction,
                                     "sign_conflict_rate": stats.sign_conflict_rate}
+                per_tensor[name].update(stats.details())  # a method's own decisions (merge=correlation)
             if merged is None:  # already written in place
                 continue
             if name not in targets:

@@ -19,6 +19,7 @@ from typing import Any
 
 from mixmerge.dtypes import DTYPE_NAMES
 from mixmerge.merge.common import RESCALE_MODES
+from mixmerge.merge.correlation_rule import RULE_KEYS, CorrelationRule, resolve_correlation_rule
 from mixmerge.merge.registry import MergeMethod, get_method
 from mixmerge.merge.tensor_names import layer_index
 
@@ -31,7 +32,8 @@ IO_KEYS = ("base", "models", "output", "from_mergekit", "overwrite")
 # and ``report_stats`` are switches for tests and sweeps, ``fisher_batches`` is read by the pipeline.
 PARAM_KEYS = ("method", "weight", "weights", "density", "epsilon", "gamma", "lambda", "normalize", "rescale",
               "rescale_mode", "t", "seed", "dtype", "out_dtype", "vocab_policy", "filter_wise", "fisher_paths", "fisher_floor",
-              "fisher_batches", "max_base_distance", "shard_size_mb", "check_finite", "report_stats")
+              "fisher_batches", "max_base_distance", "shard_size_mb", "check_finite", "report_stats",
+              *RULE_KEYS)  # merge=correlation's knobs (correlation_rule.py)
 
 
 def check_known_keys(keys, known: Sequence[str], where: str) -> None:
@@ -215,6 +217,7 @@ class MergeParams:
     # Parameters that vary by tensor (mergekit layer gradients and filters): (field, model index, schedule);
     # field is "weights", "densities", "epsilons", "gammas" (per model) or "lam" (index -1).
     schedules: tuple[tuple[str, int, Schedule], ...] = ()
+    correlation: CorrelationRule | None = None  # merge=correlation's knobs (None for other methods)
 
     def for_tensor(self, tensor_name: str, n_layers: int) -> MergeParams:
         """The parameters of one tensor: every scheduled value evaluated at its layer (and filters)."""
@@ -244,7 +247,8 @@ class MergeParams:
                 "normalize": self.normalize, "rescale": self.rescale, "t": [list(r[1]) for r in self.t.rules],
                 "seed": self.seed, "dtype": self.dtype, "out_dtype": self.out_dtype, "vocab_policy": self.vocab_policy,
                 **({"by_tensor": {f"{name}[{i}]" if i >= 0 else name: [[p, list(v)] for p, v in s.rules]
-                                  for name, i, s in self.schedules}} if self.schedules else {})}
+                                  for name, i, s in self.schedules}} if self.schedules else {}),
+                **({"correlation": self.correlation.as_report()} if self.correlation is not None else {})}
 
 
 def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) -> MergeParams:
@@ -304,6 +308,7 @@ def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) ->
         for g in gs:
             if not 0 <= g < 1:
                 raise ValueError(f"merge.gamma={g} (model {i}) is outside [0, 1)")
+    correlation = resolve_correlation_rule(merge_cfg, method.kind, [w for ws in every("weights", weights) for w in ws])
     lam_cfg = merge_cfg.get("lambda", 1.0)
     lam_cfg = 1.0 if lam_cfg is None else lam_cfg
     if _is_setting(lam_cfg):
@@ -363,5 +368,5 @@ def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) ->
         max_base_distance=None if max_dist is None else float(max_dist), shard_size_mb=float(shard_mb),
         check_finite=merge_cfg.get("check_finite", True) is not False,
         report_stats=bool(merge_cfg.get("report_stats", False)), schedules=tuple(schedules),
-        out_dtype=out_dtype,
+        out_dtype=out_dtype, correlation=correlation,
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class MergeMethod:
     name: str
-    kind: str  # "gta" (generalized task arithmetic), "linear", "slerp", "model_stock", "fisher"
+    kind: str  # "gta" (generalized task arithmetic), "linear", "slerp", "model_stock", "fisher", "correlation"
     sparsify: str | None = None  # None, "magnitude", "random", "della", "breadcrumbs"
     consensus: str | None = None  # None or "sum"
     default_normalize: bool = False
@@ -60,6 +60,10 @@ _ROWS = (
                 reference_url="https://en.wikipedia.org/wiki/Slerp"),
     MergeMethod("model_stock", "model_stock", min_models=2, reference_url="https://arxiv.org/abs/2403.19522"),
     MergeMethod("fisher", "fisher", needs_base=False, reference_url="https://arxiv.org/abs/2111.09832"),
+    # Ours: per tensor, task arithmetic discounted by correlation, or TIES where signs conflict
+    # (correlation_rule.py); the row's sparsifier and consensus are the TIES it falls back to.
+    MergeMethod("correlation", "correlation", "magnitude", "sum", default_normalize=True,
+                reference_url="https://arxiv.org/abs/2306.01708"),
 )
 
 METHODS: dict[str, MergeMethod] = {row.name: row for row in _ROWS}
