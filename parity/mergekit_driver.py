@@ -1,0 +1,34 @@
+"""Runs mergekit's own ``mergekit-yaml`` command (its click entry point, in one process so that the
+~10 s import is paid once) for each job of a JSON list; run by ``.venv-parity/bin/python``.
+
+    python parity/mergekit_driver.py JOBS.json RESULTS.json
+
+JOBS.json: ``[{"config": PATH, "out": PATH}, ...]``; RESULTS.json: ``[{"ok": bool, "error": str}, ...]``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+
+def main(jobs_path: str, results_path: str) -> None:
+    from mergekit.scripts.run_yaml import main as mergekit_yaml
+
+    results = []
+    for job in json.loads(open(jobs_path).read()):
+        try:
+            mergekit_yaml.main([job["config"], job["out"], "--random-seed", "0", "--quiet"], standalone_mode=False)
+            results.append({"ok": True, "error": None})
+        except BaseException as exc:  # noqa: BLE001 - a refusal is a result here, whatever its type
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            results.append({"ok": False, "error": f"{type(exc).__name__}: {exc}\n"
+                                                  f"{traceback.format_exc(limit=2)[-600:]}"})
+    with open(results_path, "w") as f:
+        json.dump(results, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
