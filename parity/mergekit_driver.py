@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from pathlib import Path
 
 
 def main(jobs_path: str, results_path: str) -> None:
     from mergekit.scripts.run_yaml import main as mergekit_yaml
 
     results = []
-    for job in json.loads(open(jobs_path).read()):
+    for job in json.loads(Path(jobs_path).read_text()):
         try:
             mergekit_yaml.main([job["config"], job["out"], "--random-seed", "0", "--quiet"], standalone_mode=False)
             results.append({"ok": True, "error": None})
@@ -26,8 +27,7 @@ def main(jobs_path: str, results_path: str) -> None:
                 raise
             results.append({"ok": False, "error": f"{type(exc).__name__}: {exc}\n"
                                                   f"{traceback.format_exc(limit=2)[-600:]}"})
-    with open(results_path, "w") as f:
-        json.dump(results, f)
+    Path(results_path).write_text(json.dumps(results))
 
 
 if __name__ == "__main__":
