@@ -1,14 +1,19 @@
 """The verdict on one parity case, from what each tool produced (pure: dicts of tensors or a refusal).
 
 - ``identical``: both wrote the same tensor names, dtypes, shapes and bits.
-- ``within tolerance``: deterministic methods whose largest difference in every tensor is at most
-  ``ULPS`` units in the last place of the output dtype at that tensor's largest magnitude (the detail
-  states the largest absolute difference and the share of differing entries).
+- ``identical up to ties``: magnitude-trimmed methods (TIES, breadcrumbs) whose outputs differ only at
+  positions where some model's |task vector| ties at a cut (k-th largest, or breadcrumbs' two cuts): which
+  of the tied entries survive is the order of a sort, and mergekit's ``torch.argsort`` is not stable
+  (mixmerge keeps the lowest indices). Differences elsewhere make it a MISMATCH.
+- ``within tolerance``: deterministic methods where every entry is within ``ULPS`` units in the last
+  place of the output dtype of the larger of the two values (the detail states the largest absolute
+  difference and the share of differing entries).
 - ``statistically consistent``: random methods (DARE, DELLA: the two tools draw their masks from different
   generators, so bits cannot agree). Pooled over every float tensor, the merged delta d = merged - base is
   compared: the share of changed entries (a two-proportion z-test, |z| <= Z_MAX), and the mean and standard
-  deviation of the changed entries' d (mean within Z_MAX standard errors; standard deviations within
-  STD_RTOL of each other).
+  deviation of the changed entries' d, each tensor's d divided by one scale common to both tools (the RMS
+  of both tools' changed entries there, so that norms and matrices of very different scales pool
+  evenly): means within Z_MAX standard errors, standard deviations within STD_RTOL of each other.
 - ``refused by both``: each tool refused the YAML (mergekit exited with an error, mixmerge raised).
 - ``MISMATCH``: anything else: one tool refused, names/dtypes/shapes differ, or the numbers disagree.
 """
@@ -16,7 +21,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +31,9 @@ Z_MAX = 5.0
 STD_RTOL = 0.05
 EPS = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10, torch.float64: 2.0**-52}
 
-IDENTICAL, TOLERANCE, STATISTICAL, REFUSED, MISMATCH, SKIPPED = (
-    "identical", "within tolerance", "statistically consistent", "refused by both", "MISMATCH", "skipped")
+IDENTICAL, TIES, TOLERANCE, STATISTICAL, REFUSED, MISMATCH, SKIPPED = (
+    "identical", "identical up to ties", "within tolerance", "statistically consistent", "refused by both",
+    "MISMATCH", "skipped")
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,10 @@ def _short(msg: str | None) -> str:
 
 
 def classify(mergekit: Outcome, mixmerge: Outcome, *, random: bool,
-             base: Mapping[str, torch.Tensor] | None = None) -> Verdict:
-    """The verdict on one case (``base``: the base model's tensors, needed for random methods)."""
+             base: Mapping[str, torch.Tensor] | None = None,
+             ties: Callable[[str], torch.Tensor | None] | None = None) -> Verdict:
+    """The verdict on one case. ``base``: the base model's tensors, needed for random methods; ``ties``:
+    tensor name -> mask of the positions where a magnitude cut ties (None: the method has no such cut)."""
     if mergekit.refused and mixmerge.refused:
         return Verdict(REFUSED, f"mixmerge: {_short(mixmerge.error)}")
     if mergekit.refused:
@@ -74,11 +82,11 @@ def classify(mergekit: Outcome, mixmerge: Outcome, *, random: bool,
         if base is None:
             raise ValueError("a random method's verdict needs the base tensors")
         return _statistical(a, b, base)
-    return _deterministic(a, b)
+    return _deterministic(a, b, ties)
 
 
-def _deterministic(a, b) -> Verdict:
-    n_diff = n_all = 0
+def _deterministic(a, b, ties=None) -> Verdict:
+    n_diff = n_all = n_tied = 0
     max_abs = 0.0
     worst = None
     for name in sorted(a):
@@ -87,33 +95,70 @@ def _deterministic(a, b) -> Verdict:
             if not torch.equal(x, y):
                 return Verdict(MISMATCH, f"{name}: integer tensors differ")
             continue
+        n_all += x.numel()
         if torch.equal(x, y):
-            n_all += x.numel()
             continue
         diff = (x.double() - y.double()).abs()
         if not torch.isfinite(diff).all():
             return Verdict(MISMATCH, f"{name}: NaN/Inf in one output only")
-        tol = ULPS * EPS[x.dtype] * float(x.double().abs().max())
-        d = float(diff.max())
-        n_diff += int(torch.count_nonzero(diff))
-        n_all += x.numel()
+        tol = ULPS * EPS[x.dtype] * torch.maximum(x.double().abs(), y.double().abs()) + torch.finfo(x.dtype).tiny
+        outside = diff > tol
+        tied = ties(name) if ties is not None else None
+        if tied is not None and bool(outside.any()):
+            if bool((outside & ~tied.reshape(outside.shape)).any()):
+                return Verdict(MISMATCH, f"{name}: {int(outside.sum())} entries differ beyond {ULPS} ulp, not all "
+                                         f"at tied magnitudes")
+            n_tied += int(outside.sum())
+        elif bool(outside.any()):
+            i = int(torch.argmax(diff - tol))
+            return Verdict(MISMATCH, f"{name}: {int(outside.sum())} entries beyond {ULPS} ulp, e.g. "
+                                     f"{float(x.reshape(-1)[i]):.6g} vs {float(y.reshape(-1)[i]):.6g}")
+        within = diff.masked_fill(outside, 0)
+        n_diff += int(torch.count_nonzero(within))
+        d = float(within.max())
         if d > max_abs:
             max_abs, worst = d, name
-        if d > tol:
-            return Verdict(MISMATCH, f"{name}: max abs diff {d:.3g} > {ULPS} ulp ({tol:.3g})")
+    if n_tied:
+        extra = f"; elsewhere max abs diff {max_abs:.3g}" if worst is not None else ""
+        return Verdict(TIES, f"{n_tied} entries differ, all where magnitudes tie at a cut{extra}")
     if worst is None:
         return Verdict(IDENTICAL)
     return Verdict(TOLERANCE, f"max abs diff {max_abs:.3g} ({worst}), {100 * n_diff / n_all:.2g} % of entries differ")
 
 
-def delta_summary(merged: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]) -> tuple[int, int, float, float]:
-    """(entries, changed entries, mean, std of the changed entries' merged - base), pooled over float tensors."""
+def cut_ties(deltas: list[torch.Tensor], sparsify: str, densities: list[float], gammas: list[float]) -> torch.Tensor:
+    """Positions where some model's |delta| equals a tied value at its magnitude cut: ``magnitude`` keeps the
+    k = max(1, int(density n)) largest; ``breadcrumbs`` keeps ascending ranks n_bottom .. n_bottom + k - 1
+    (k = int(density n), n_bottom = n - k - int(gamma n)), as mergekit/sparsify.py."""
+    tied = torch.zeros(deltas[0].shape, dtype=torch.bool)
+    for d, density, gamma in zip(deltas, densities, gammas, strict=True):
+        if density >= 1:
+            continue
+        mag = d.abs().float().reshape(-1)
+        n = mag.numel()
+        ascending = mag.sort().values
+        if sparsify == "magnitude":
+            cuts = [n - max(1, int(density * n))]
+        else:
+            k = int(density * n)
+            bottom = max(0, n - k - int(gamma * n))
+            cuts = [bottom, bottom + k]
+        for c in cuts:  # the cut lies between ascending[c - 1] (dropped) and ascending[c] (kept), or after
+            if 0 < c < n and ascending[c - 1] == ascending[c]:
+                tied |= (mag == ascending[c]).reshape(tied.shape)
+    return tied
+
+
+def delta_summary(merged: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor],
+                  scales: Mapping[str, float] | None = None) -> tuple[int, int, float, float]:
+    """(entries, changed entries, mean, std of the changed entries' (merged - base) / scales[name]), pooled
+    over float tensors."""
     n = changed = 0
     s = s2 = 0.0
     for name, m in merged.items():
         if not m.is_floating_point() or name not in base:
             continue
-        d = m.double() - base[name].double()
+        d = (m.double() - base[name].double()) / ((scales or {}).get(name) or 1.0)
         nz = d[d != 0]
         n += d.numel()
         changed += nz.numel()
@@ -124,9 +169,21 @@ def delta_summary(merged: Mapping[str, torch.Tensor], base: Mapping[str, torch.T
     return n, changed, mean, math.sqrt(var)
 
 
+def _common_scales(a, b, base) -> dict[str, float]:
+    """Per tensor, the RMS of both tools' non-zero merged deltas together (one scale for both)."""
+    scales = {}
+    for name, x in a.items():
+        if x.is_floating_point() and name in base:
+            d = torch.cat([(t.double() - base[name].double()).reshape(-1) for t in (x, b[name])])
+            nz = d[d != 0]
+            scales[name] = float(nz.pow(2).mean().sqrt()) if nz.numel() else 1.0
+    return scales
+
+
 def _statistical(a, b, base) -> Verdict:
-    n_a, c_a, mean_a, std_a = delta_summary(a, base)
-    n_b, c_b, mean_b, std_b = delta_summary(b, base)
+    scales = _common_scales(a, b, base)
+    n_a, c_a, mean_a, std_a = delta_summary(a, base, scales)
+    n_b, c_b, mean_b, std_b = delta_summary(b, base, scales)
     p_a, p_b = c_a / max(n_a, 1), c_b / max(n_b, 1)
     pooled = (c_a + c_b) / max(n_a + n_b, 1)
     se_p = math.sqrt(max(pooled * (1 - pooled) * (1 / max(n_a, 1) + 1 / max(n_b, 1)), 1e-300))

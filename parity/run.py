@@ -23,7 +23,7 @@ import yaml
 from safetensors.torch import load_file
 
 from parity.cases import CASES, Case
-from parity.classify import MISMATCH, SKIPPED, Outcome, Verdict, classify
+from parity.classify import MISMATCH, SKIPPED, Outcome, Verdict, classify, cut_ties
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +60,35 @@ def run_mixmerge(config: Path, out: Path) -> Outcome:
     except (ValueError, FileNotFoundError, NotImplementedError) as exc:
         return Outcome(error=f"{type(exc).__name__}: {exc}")
     return Outcome(tensors=load_tensors(out))
+
+
+def tie_finder(config: Path):
+    """For a magnitude-trimmed method (TIES, breadcrumbs): tensor name -> positions where some model's
+    |task vector| ties at its cut, in float32 and in the inputs' or ``dtype``'s precision (mergekit's
+    compute dtype); None for other methods. Densities per tensor come from mixmerge's reading of the YAML."""
+    from mixmerge.merge.config_group import standalone_request
+
+    try:
+        req = standalone_request({"from_mergekit": str(config), "output": str(config.with_suffix(".unused"))})
+    except ValueError:
+        return None
+    sparsify = req.params.method.sparsify
+    if sparsify not in ("magnitude", "breadcrumbs") or req.base is None:
+        return None
+    base = load_tensors(req.base)
+    models = [load_tensors(m) for m in req.models]
+    n_layers = int(json.loads((req.base / "config.json").read_text())["num_hidden_layers"])
+
+    def ties(name: str) -> torch.Tensor:
+        tp = req.params.for_tensor(name, n_layers)
+        dtypes = {torch.float32, base[name].dtype, *([getattr(torch, req.params.dtype)] if req.params.dtype else [])}
+        mask = torch.zeros(base[name].shape, dtype=torch.bool)
+        for dt in dtypes:
+            deltas = [m[name].to(dt) - base[name].to(dt) for m in models]
+            mask |= cut_ties(deltas, sparsify, list(tp.densities), list(tp.gammas))
+        return mask
+
+    return ties
 
 
 def run_mergekit(python: Path, jobs: list[dict], work: Path) -> list[dict]:
@@ -118,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         mx = run_mixmerge(Path(job["config"]), work / f"case{i:03d}-mixmerge")
         t_mx += time.perf_counter() - t
         base = load_tensors(models[(case.arch, case.dtype)]["BASE"]) if case.random else None
-        verdicts[i] = classify(mk, mx, random=case.random, base=base)
+        ties = None if case.random else tie_finder(Path(job["config"]))
+        verdicts[i] = classify(mk, mx, random=case.random, base=base, ties=ties)
         print(f"{case.name:55s} {verdicts[i].label:26s} {verdicts[i].detail}", flush=True)
 
     rows = [(c, verdicts[i]) for i, c in enumerate(cases)]
