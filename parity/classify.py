@@ -6,8 +6,10 @@
   of the tied entries survive is the order of a sort, and mergekit's ``torch.argsort`` is not stable
   (mixmerge keeps the lowest indices). Differences elsewhere make it a MISMATCH.
 - ``within tolerance``: deterministic methods where every entry is within ``ULPS`` units in the last
-  place of the output dtype of the larger of the two values (the detail states the largest absolute
-  difference and the share of differing entries).
+  place of the output dtype at the largest operand magnitude of that entry: the two results, the inputs
+  and their task vectors (a rounding error scales with the operands, and base + the weighted task vectors
+  may cancel to a much smaller result); the detail states the largest absolute difference and the share
+  of differing entries.
 - ``statistically consistent``: random methods (DARE, DELLA: the two tools draw their masks from different
   generators, so bits cannot agree). Pooled over every float tensor, the merged delta d = merged - base is
   compared: the share of changed entries (a two-proportion z-test, |z| <= Z_MAX), and the mean and standard
@@ -21,7 +23,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -61,8 +63,10 @@ def _short(msg: str | None) -> str:
 
 def classify(mergekit: Outcome, mixmerge: Outcome, *, random: bool,
              base: Mapping[str, torch.Tensor] | None = None,
-             ties: Callable[[str], torch.Tensor | None] | None = None) -> Verdict:
-    """The verdict on one case. ``base``: the base model's tensors, needed for random methods; ``ties``:
+             ties: Callable[[str], torch.Tensor | None] | None = None,
+             inputs: Sequence[Mapping[str, torch.Tensor]] = ()) -> Verdict:
+    """The verdict on one case. ``base``: the base model's tensors (needed for random methods); ``inputs``:
+    the other models' tensors (with the base, they scale the tolerance of deterministic ones); ``ties``:
     tensor name -> mask of the positions where a magnitude cut ties (None: the method has no such cut)."""
     if mergekit.refused and mixmerge.refused:
         return Verdict(REFUSED, f"mixmerge: {_short(mixmerge.error)}")
@@ -82,11 +86,26 @@ def classify(mergekit: Outcome, mixmerge: Outcome, *, random: bool,
         if base is None:
             raise ValueError("a random method's verdict needs the base tensors")
         return _statistical(a, b, base)
-    return _deterministic(a, b, ties)
+    return _deterministic(a, b, ties, base, inputs)
 
 
-def _deterministic(a, b, ties=None) -> Verdict:
-    n_diff = n_all = n_tied = 0
+def _operand_scale(name, x, y, base, inputs) -> torch.Tensor:
+    """Per entry: the largest of |x|, |y|, |base|, |input| and |input - base| over the inputs."""
+    scale = torch.maximum(x.double().abs(), y.double().abs())
+    b = base[name].double() if base is not None and name in base else None
+    if b is not None:
+        scale = torch.maximum(scale, b.abs())
+    for m in inputs:
+        if name in m and m[name].shape == x.shape:
+            t = m[name].double()
+            scale = torch.maximum(scale, t.abs())
+            if b is not None:
+                scale = torch.maximum(scale, (t - b).abs())
+    return scale
+
+
+def _deterministic(a, b, ties=None, base=None, inputs=()) -> Verdict:
+    n_diff = n_all = n_tied = n_tie_positions = 0
     max_abs = 0.0
     worst = None
     for name in sorted(a):
@@ -101,26 +120,31 @@ def _deterministic(a, b, ties=None) -> Verdict:
         diff = (x.double() - y.double()).abs()
         if not torch.isfinite(diff).all():
             return Verdict(MISMATCH, f"{name}: NaN/Inf in one output only")
-        tol = ULPS * EPS[x.dtype] * torch.maximum(x.double().abs(), y.double().abs()) + torch.finfo(x.dtype).tiny
-        outside = diff > tol
+        scale = _operand_scale(name, x, y, base, inputs)  # a rounding error is relative to the operands
+        tol = ULPS * EPS[x.dtype] * scale + torch.finfo(x.dtype).tiny
         tied = ties(name) if ties is not None else None
-        if tied is not None and bool(outside.any()):
-            if bool((outside & ~tied.reshape(outside.shape)).any()):
-                return Verdict(MISMATCH, f"{name}: {int(outside.sum())} entries differ beyond {ULPS} ulp, not all "
-                                         f"at tied magnitudes")
-            n_tied += int(outside.sum())
-        elif bool(outside.any()):
+        if tied is not None:  # which tied entries survive a cut is a sort's order: excused, counted
+            n_tie_positions += int(tied.sum())
+            tied = tied.reshape(diff.shape) & (diff > 0)
+            n_tied += int(tied.sum())
+            diff = diff.masked_fill(tied, 0)
+        outside = diff > tol
+        if bool(outside.any()):
             i = int(torch.argmax(diff - tol))
-            return Verdict(MISMATCH, f"{name}: {int(outside.sum())} entries beyond {ULPS} ulp, e.g. "
+            return Verdict(MISMATCH, f"{name}: {int(outside.sum())} entries beyond {ULPS} ulp"
+                                     f"{' (not at tied magnitudes)' if tied is not None else ''}, e.g. "
                                      f"{float(x.reshape(-1)[i]):.6g} vs {float(y.reshape(-1)[i]):.6g}")
-        within = diff.masked_fill(outside, 0)
+        within = diff
         n_diff += int(torch.count_nonzero(within))
+        if not bool((within > 0).any()):
+            continue
         d = float(within.max())
         if d > max_abs:
             max_abs, worst = d, name
     if n_tied:
         extra = f"; elsewhere max abs diff {max_abs:.3g}" if worst is not None else ""
-        return Verdict(TIES, f"{n_tied} entries differ, all where magnitudes tie at a cut{extra}")
+        return Verdict(TIES, f"{n_tied} entries differ, all among the {n_tie_positions} where magnitudes tie at "
+                             f"a cut{extra}")
     if worst is None:
         return Verdict(IDENTICAL)
     return Verdict(TOLERANCE, f"max abs diff {max_abs:.3g} ({worst}), {100 * n_diff / n_all:.2g} % of entries differ")

@@ -3,7 +3,7 @@
 
     python parity/mergekit_driver.py JOBS.json RESULTS.json
 
-JOBS.json: ``[{"config": PATH, "out": PATH}, ...]``; RESULTS.json: ``[{"ok": bool, "error": str}, ...]``.
+JOBS.json: ``[{"config": PATH, "out": PATH, "lora_cache": PATH}, ...]``; RESULTS.json: ``[{"ok": bool, "error": str}, ...]``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ def main(jobs_path: str, results_path: str) -> None:
     results = []
     for job in json.loads(Path(jobs_path).read_text()):
         try:
-            mergekit_yaml.main([job["config"], job["out"], "--random-seed", "0", "--quiet"], standalone_mode=False)
+            args = [job["config"], job["out"], "--random-seed", "0", "--quiet"]
+            # BASE+ADAPTER: mergekit applies the LoRA to the base into this cache first
+            args += ["--lora-merge-cache", job["lora_cache"]] if job.get("lora_cache") else []
+            mergekit_yaml.main(args, standalone_mode=False)
             results.append({"ok": True, "error": None})
         except BaseException as exc:  # noqa: BLE001 - a refusal is a result here, whatever its type
             if isinstance(exc, KeyboardInterrupt):

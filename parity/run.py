@@ -119,12 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "parity")
     ap.add_argument("--mergekit-python", type=Path, default=ROOT / ".venv-parity" / "bin" / "python")
     ap.add_argument("--only", default="", help="run the cases whose name contains this")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the models and merges an earlier run left in OUT/work (to re-judge, not re-merge)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     cases = [c for c in CASES if args.only in c.name]
     work = args.out / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if not args.reuse:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     models = {key: _build(work / f"{key[0]}-{key[1]}", *key) for key in sorted({(c.arch, c.dtype) for c in cases})}
 
     runnable, verdicts, jobs = [], {}, []
@@ -135,20 +138,28 @@ def main(argv: list[str] | None = None) -> int:
         config = work / f"case{i:03d}.yml"
         config.write_text(yaml.safe_dump(_substitute(case.doc, models[(case.arch, case.dtype)]), sort_keys=False))
         runnable.append(i)
-        jobs.append({"config": str(config), "out": str(work / f"case{i:03d}-mergekit")})
+        jobs.append({"config": str(config), "out": str(work / f"case{i:03d}-mergekit"),
+                     "lora_cache": str(work / "lora-merge-cache")})
     t_mk = time.perf_counter()
-    mk_results = run_mergekit(args.mergekit_python, jobs, work)
+    todo = [j for j in jobs if not list(Path(j["out"]).glob("*.safetensors"))]  # all of them unless --reuse
+    done = dict(zip((j["out"] for j in todo), run_mergekit(args.mergekit_python, todo, work), strict=True)) \
+        if todo else {}
+    mk_results = [done.get(j["out"], {"ok": True, "error": None}) for j in jobs]
     t_mk = time.perf_counter() - t_mk
     t_mx = 0.0
     for i, job, res in zip(runnable, jobs, mk_results, strict=True):
         case = cases[i]
         mk = Outcome(tensors=load_tensors(Path(job["out"]))) if res["ok"] else Outcome(error=res["error"])
         t = time.perf_counter()
-        mx = run_mixmerge(Path(job["config"]), work / f"case{i:03d}-mixmerge")
+        mx_out = work / f"case{i:03d}-mixmerge"
+        mx = Outcome(tensors=load_tensors(mx_out)) if list(mx_out.glob("*.safetensors")) \
+            else run_mixmerge(Path(job["config"]), mx_out)
         t_mx += time.perf_counter() - t
-        base = load_tensors(models[(case.arch, case.dtype)]["BASE"]) if case.random else None
+        folders = models[(case.arch, case.dtype)]
+        base = load_tensors(folders["BASE"])
+        inputs = [load_tensors(folders[m]) for m in ("M1", "M2", "M3")]
         ties = None if case.random else tie_finder(Path(job["config"]))
-        verdicts[i] = classify(mk, mx, random=case.random, base=base, ties=ties)
+        verdicts[i] = classify(mk, mx, random=case.random, base=base, ties=ties, inputs=inputs)
         print(f"{case.name:55s} {verdicts[i].label:26s} {verdicts[i].detail}", flush=True)
 
     rows = [(c, verdicts[i]) for i, c in enumerate(cases)]
@@ -167,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
 def _build(folder: Path, arch: str, dtype: str) -> dict[str, Path]:
     from parity.models import build_models
 
+    if (folder / "m3").is_dir():  # --reuse: built by an earlier run
+        return {p: folder / p.lower() for p in ("BASE", "M1", "M2", "M3", "ADAPTER")
+                if (folder / p.lower()).is_dir()}
     return build_models(folder, arch, dtype)
 
 
