@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [(c, verdicts[i]) for i, c in enumerate(cases)]
     wall = time.perf_counter() - t0
     header = (f"{datetime.date.today().isoformat()}, mergekit {metadata.version('mergekit') if _has_mergekit_meta() else '0.1.5'}"
-              f", torch {torch.__version__}, {platform.machine()} CPU ({platform.processor() or platform.system()}); "
+              f", torch {torch.__version__}, {machine()}; "
               f"{len(cases)} cases in {wall:.0f} s (mergekit {t_mk:.0f} s, mixmerge {t_mx:.0f} s): {summary(rows)}")
     md = f"{header}\n\n{table(rows)}\n"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -173,6 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + md)
     print(f"written: {args.out / 'parity.md'}")
     return 1 if any(v.label == MISMATCH for _, v in rows) else 0
+
+
+def machine() -> str:
+    """The CPU model and core count (Linux: /proc/cpuinfo), for the table's header."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        model = names[0] if names else model
+    return f"{model}, {os.cpu_count()} cores"
 
 
 def _build(folder: Path, arch: str, dtype: str) -> dict[str, Path]:
