@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         verdicts[i] = classify(mk, mx, random=case.random, base=base, ties=ties, inputs=inputs)
         print(f"{case.name:55s} {verdicts[i].label:26s} {verdicts[i].detail}", flush=True)
 
-    rows = [(c, verdicts[i]) for i, c in enumerate(cases)]
+    # the refusals quote paths: shorter relative to the work folder
+    rows = [(c, Verdict(verdicts[i].label, verdicts[i].detail.replace(f"{work}/", ""))) for i, c in enumerate(cases)]
     wall = time.perf_counter() - t0
     header = (f"{datetime.date.today().isoformat()}, mergekit {metadata.version('mergekit') if _has_mergekit_meta() else '0.1.5'}"
               f", torch {torch.__version__}, {machine()}; "
