@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mixmerge-installed
 
-.PHONY: setup demo test test-slow test-distributed cluster cluster-down lint bench clean-cache
+.PHONY: setup demo test test-slow test-distributed cluster cluster-down lint bench clean-cache parity
 
 setup: $(STAMP)
 
@@ -45,3 +45,20 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py
+
+# Parity with mergekit (not part of `make test`): mergekit 0.1.5 in its own venv that reuses .venv's torch
+# (base.pth; a constraints file pins torch to .venv's version so pip never fetches another, e.g. a CUDA wheel),
+# then the same mergekit YAMLs merged by both tools and compared (parity/, table in outputs/parity/parity.md).
+PARITY_VENV := .venv-parity
+PARITY_STAMP := $(PARITY_VENV)/.mergekit-installed
+
+$(PARITY_STAMP): $(STAMP)
+	test -x $(PARITY_VENV)/bin/python || $(BIN)/python -m venv $(PARITY_VENV)
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+		> "$$($(PARITY_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/base.pth"
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(PARITY_VENV)/constraints.txt
+	$(PARITY_VENV)/bin/python -m pip install -q -c $(PARITY_VENV)/constraints.txt mergekit==0.1.5
+	touch $(PARITY_STAMP)
+
+parity: setup $(PARITY_STAMP)
+	$(BIN)/python -m parity.run

@@ -42,7 +42,7 @@ def test_task_arithmetic_folder_matches_formula_and_loads(tiny_base, specialists
 
 def test_sharded_output_in_bfloat16(tiny_base, specialists, tmp_path):
     out = tmp_path / "sharded"
-    merge_folders({"method": "ties", "density": 0.5, "dtype": "bfloat16", "shard_size_mb": 0.05},
+    merge_folders({"method": "ties", "density": 0.5, "out_dtype": "bfloat16", "shard_size_mb": 0.05},
                   tiny_base, specialists, out)
     index = json.loads((out / "model.safetensors.index.json").read_text())
     files = sorted(set(index["weight_map"].values()))

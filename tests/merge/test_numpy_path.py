@@ -107,7 +107,7 @@ def test_half_precision_inputs_merge_as_their_float32_values(in_dtype, tiny_base
 @pytest.mark.parametrize("out_dtype", ["bfloat16", "float16"])
 def test_output_dtype_rounds_as_torch(out_dtype, tiny_base, specialists, tmp_path):
     cfg = {"method": "ties", "weights": [0.5, 0.5], "density": 0.5}
-    merge_folders({**cfg, "dtype": out_dtype}, tiny_base, specialists, tmp_path / "cast")
+    merge_folders({**cfg, "out_dtype": out_dtype}, tiny_base, specialists, tmp_path / "cast")
     merge_folders({**cfg, "dtype": "float32"}, tiny_base, specialists, tmp_path / "f32")
     got = load_file(str(tmp_path / "cast" / "model.safetensors"))
     want = load_file(str(tmp_path / "f32" / "model.safetensors"))

@@ -43,7 +43,8 @@ def sparsify_delta(delta: torch.Tensor, params: MergeParams, i: int, tensor_name
     if kind not in SPARSIFIERS:
         raise ValueError(f"unknown sparsifier {kind!r} (merge.method={params.method.name}); known: "
                          f"{', '.join(SPARSIFIERS)}")
-    return SPARSIFIERS[kind](delta, params, i, lambda: K.tensor_key(params.seed, tensor_name, i))
+    # in the task vector's dtype: DELLA's float32 keep probabilities must not promote a bfloat16 delta
+    return SPARSIFIERS[kind](delta, params, i, lambda: K.tensor_key(params.seed, tensor_name, i)).to(delta.dtype)
 
 
 def merge_whole(
@@ -84,17 +85,23 @@ def merge_tensor(
     fishers: Sequence[torch.Tensor] | None = None,
     n_layers: int = 1,
     with_stats: bool = True,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, K.KernelStats | None]:
-    """Merge one tensor; returns the float32 result and (for task-vector methods) its diagnostics."""
-    if params.method.kind == "correlation":  # its diagnostics carry the per-tensor decision
+    """Merge one tensor in ``compute_dtype`` (``merge.dtype``; mergekit casts the inputs to it and merges in
+    it); returns the result in that dtype and (for task-vector methods) its diagnostics."""
+    if params.method.kind == "correlation":  # its diagnostics carry the per-tensor decision (float32 only)
         base32 = base.float()
-        return merge_correlation(base32, [K.task_vector(m, base32) for m in models], params)
+        merged, stats = merge_correlation(base32, [K.task_vector(m, base32) for m in models], params)
+        return merged.to(compute_dtype), stats
     if params.method.kind != "gta":
-        return merge_whole(tensor_name, base, models, params, fishers=fishers, n_layers=n_layers), None
-    base32 = base.float()
-    stacked = sparsify_stack(tensor_name, [K.task_vector(m, base32) for m in models], params)
+        base_c = base.to(compute_dtype) if base is not None else None
+        merged = merge_whole(tensor_name, base_c, [m.to(compute_dtype) for m in models], params, fishers=fishers,
+                             n_layers=n_layers)
+        return merged.to(compute_dtype), None
+    base_c = base.to(compute_dtype)
+    stacked = sparsify_stack(tensor_name, [K.task_vector(m, base_c, compute_dtype) for m in models], params)
     stats = K.delta_stats(stacked) if with_stats else None
-    return combine_sparse(base32, stacked, params), stats
+    return combine_sparse(base_c, stacked, params), stats
 
 
 def sparsify_stack(tensor_name: str, deltas: Sequence[torch.Tensor], params: MergeParams) -> torch.Tensor:
@@ -109,7 +116,7 @@ def sparsity_key(params: MergeParams) -> tuple:
 
 
 def combine_sparse(base: torch.Tensor, stacked: torch.Tensor, params: MergeParams) -> torch.Tensor:
-    """base + the method's combination of already-sparsified deltas (float32)."""
+    """base + the method's combination of already-sparsified deltas (in their dtype)."""
     return K.merge_task_vectors(stacked, params.weights, consensus=params.method.consensus,
                                 normalize=params.normalize, lam=params.lam, base=base)
 

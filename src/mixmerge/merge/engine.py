@@ -5,8 +5,9 @@ model size: inputs are memory-mapped, and outputs go straight into pre-headed sh
 folder appears at ``out`` only when complete (temp folder + rename).
 
 The task-vector methods and linear run on numpy arrays through the fused CPU kernels and never import
-torch (about 1 s of the standalone command); the other methods, LoRA adapters and integer tensors go
-through the torch reference (``combine.py``), imported on first use.
+torch (about 1 s of the standalone command); the other methods, LoRA adapters, integer tensors and every
+merge whose compute dtype (``merge.dtype``) is not float32 go through the torch reference (``combine.py``),
+imported on first use: the fused kernels compute in float32 only.
 """
 
 from __future__ import annotations
@@ -60,13 +61,18 @@ def _output_dtype(requested: str | None, base_cfg: Mapping[str, Any] | None) -> 
     return SAFETENSORS_NAMES.get(name, "F32")
 
 
+def compute_dtype_name(params: MergeParams) -> str:
+    """The dtype the merge computes in: ``merge.dtype`` (mergekit's meaning), float32 when it is null."""
+    return params.dtype or "float32"
+
+
 def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None, models: Sequence[Path], out: Path,
                   *, overwrite: bool = False) -> dict:
     """Merge the specialists ``models`` (HF folders or peft LoRA adapters) of ``base`` into ``out``.
 
     ``merge_cfg`` is the merge config group or the ``MergeParams`` resolved from it. Writes sharded
     safetensors in ``merge.out_dtype`` (default: ``merge.dtype``, else the base's; the merge itself is
-    computed in float32), the base's config and tokenizer, and
+    computed in ``merge.dtype``, float32 when null), the base's config and tokenizer, and
     ``merge_report.json``; returns the report. ``out`` is checked first (``output.check_output``:
     never an input, a file, or a non-empty folder no merge wrote unless ``overwrite``).
     """
@@ -114,7 +120,8 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
     # Without sparsification a NaN/Inf in any input reaches the output (0 * NaN is NaN), so checking the
     # output is enough; a sparsifier could drop it silently, so there every input is checked.
     inputs_can_vanish = method.sparsify is not None
-    fusable = method.kind == "linear" or fast_gta.applies(params, "cpu")
+    compute = compute_dtype_name(params)
+    fusable = compute == "float32" and (method.kind == "linear" or fast_gta.applies(params, "cpu"))
     fused = FusedBuffers(len(models), shapes, names, base_src) if fusable else None
     try:
         writer = StreamingShardWriter(tmp, entries, int(params.shard_size_mb * 1e6))
@@ -126,7 +133,7 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
                 writer.write_array(name, _cast(merged, dtype, fused))
             else:
                 merged, stats = _merge_reference(name, shape, dtype, tensor_params, base_src, sources, labels,
-                                                 fishers, n_layers, check_finite, inputs_can_vanish)
+                                                 fishers, n_layers, check_finite, inputs_can_vanish, compute)
                 writer.write(name, merged)
             del merged
             if stats is not None:
@@ -165,10 +172,11 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
 
 
 def _merge_reference(name, shape, dtype, params, base_src, sources, labels, fishers, n_layers, check_finite,
-                     inputs_can_vanish):
+                     inputs_can_vanish, compute: str = "float32"):
     """One tensor through the torch reference (``combine.merge_tensor``): the methods the fused kernels do
-    not cover, LoRA adapters (on the fused path too, through ``read_f32_into``) and integer tensors
-    (copied from the base). Returns the tensor to write, in ``dtype``, and its diagnostics."""
+    not cover, compute dtypes other than float32, LoRA adapters (on the fused path too, through
+    ``read_f32_into``) and integer tensors (copied from the base). Returns the tensor to write, computed in
+    ``compute`` and then cast to ``dtype`` (as mergekit casts to out_dtype), and its diagnostics."""
     from mixmerge.merge.combine import merge_tensor  # imports torch
 
     rows = shape[0] if shape else None
@@ -184,7 +192,8 @@ def _merge_reference(name, shape, dtype, params, base_src, sources, labels, fish
             return base_t, None  # released pages are read again from the file on use
         fisher_t = [f.get(name)[:rows] if f.shape(name) != shape else f.get(name) for f in fishers] \
             if fishers else None
-        merged, stats = merge_tensor(name, base_t, tensors, params, fishers=fisher_t, n_layers=n_layers)
+        merged, stats = merge_tensor(name, base_t, tensors, params, fishers=fisher_t, n_layers=n_layers,
+                                     compute_dtype=torch_dtype_of(SAFETENSORS_NAMES[compute]))
         if check_finite and not V.all_finite(merged):
             _check_inputs_finite(name, base_t, tensors, labels)  # names the culprit input, if any
             raise ValueError(f"the merge of tensor {name!r} produced NaN/Inf; check merge.weights and "

@@ -1,4 +1,9 @@
-"""The merge math: pure functions on float32 tensors, no files, no config objects.
+"""The merge math: pure functions on tensors, no files, no config objects.
+
+The task-vector kernels and ``model_stock`` compute in the dtype of the tensors they are given (the
+merge's compute dtype, ``merge.dtype``, float32 by default; mergekit computes in it too); ``linear_average``
+and ``slerp`` compute in float32 whatever they are given, as mergekit's do, and the caller rounds the
+result to the compute dtype.
 
 Every merge method is a row in ``registry.METHODS`` that picks one sparsifier, one consensus rule and
 the normalize/rescale defaults of the generalized task-arithmetic kernel (``merge_task_vectors``), or
@@ -27,9 +32,10 @@ from mixmerge.merge.common import (  # noqa: F401 - part of the reference
 )
 
 
-def task_vector(finetuned: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """tau = theta_ft - theta_base (Ilharco et al. 2023, https://arxiv.org/abs/2212.04089)."""
-    return finetuned.float() - base.float()
+def task_vector(finetuned: torch.Tensor, base: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """tau = theta_ft - theta_base in ``dtype``, the compute dtype (Ilharco et al. 2023,
+    https://arxiv.org/abs/2212.04089)."""
+    return finetuned.to(dtype) - base.to(dtype)
 
 
 _GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
@@ -64,6 +70,12 @@ def _rescale(delta: torch.Tensor, kept: torch.Tensor, mode: str | None, keep_pro
     ``inverse_prob`` divides each kept entry by its keep probability (the DARE and DELLA papers)."""
     if mode is None:
         return kept
+    if mode == "l1" and kept.dtype not in (torch.float32, torch.float64):
+        # a low-precision compute dtype: mergekit's sums and ratio, in that dtype (mergekit/sparsify.py)
+        before, after = delta.abs().sum(), kept.abs().sum()
+        if before < 1e-7 or after < 1e-7:
+            return kept
+        return kept * (before / after)
     if mode == "l1":
         # float64 sums: the parallel reduction order (thread count) cannot change the float32 result.
         before, after = float(delta.abs().double().sum()), float(kept.abs().double().sum())
@@ -124,7 +136,7 @@ def sparsify_magnitude(delta: torch.Tensor, density: float, rescale: str | None 
     if delta.numel() == 0:
         return delta
     k = max(1, int(density * delta.numel()))
-    abs_delta = delta.abs()
+    abs_delta = delta.abs().float()  # selection in float32 (exact for bfloat16/float16 magnitudes)
     thr = magnitude_threshold(abs_delta, k)
     keep = abs_delta >= thr
     n_keep = int(torch.count_nonzero(keep))
@@ -174,7 +186,7 @@ def sparsify_breadcrumbs(
     if n_keep == 0:
         return torch.zeros_like(delta)
     n_bottom = max(0, n - n_keep - int(gamma * n))
-    flat = delta.abs().reshape(-1)
+    flat = delta.abs().reshape(-1).float()
     keep = _lowest(flat, n_bottom + n_keep) & ~_lowest(flat, n_bottom)
     kept = torch.where(keep.reshape(delta.shape), delta, 0.0)
     return _rescale(delta, kept, rescale, density)
@@ -201,6 +213,7 @@ def della_keep_probabilities(delta: torch.Tensor, density: float, epsilon: float
     Deep et al. 2024 (DELLA), https://arxiv.org/abs/2406.11617, Sec. 3.1. 1-D tensors are one row.
     """
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
+    rows = rows.float()  # ranks up to n_cols must be exact (bfloat16 holds integers up to 256 only)
     n_cols = rows.shape[1]
     order = torch.argsort(rows.abs(), dim=1, stable=True)  # stable: equal magnitudes rank alike on any thread count
     ranks = torch.empty_like(rows)
@@ -276,10 +289,13 @@ def merge_task_vectors(
     """
     shape = deltas.shape[1:]
     flat = deltas.reshape(deltas.shape[0], -1)
-    out = torch.empty(flat.shape[1], dtype=torch.float32, device=deltas.device)
+    out = torch.empty(flat.shape[1], dtype=flat.dtype, device=deltas.device)
     base_flat = base.reshape(-1) if base is not None else None
     w = torch.tensor(list(weights), dtype=flat.dtype, device=flat.device).reshape(-1, 1)
-    total = float(sum(weights))
+    # In a low-precision compute dtype every step rounds, so the steps are mergekit's: the divisor is the
+    # sum of the rounded weights, and TIES elects the sign of the rounded sum of the weighted deltas.
+    low_precision = flat.dtype not in (torch.float32, torch.float64)
+    total = float(w.sum()) if low_precision else float(sum(weights))
     for start in range(0, flat.shape[1], _CHUNK):
         stop = min(start + _CHUNK, flat.shape[1])
         weighted = flat[:, start:stop] * w
@@ -293,7 +309,7 @@ def merge_task_vectors(
             # is the sum that elects the sign.
             pos_sum = weighted.clamp(min=0).sum(dim=0)
             neg_sum = weighted.clamp(max=0).sum(dim=0)
-            elected_positive = (pos_sum + neg_sum) >= 0
+            elected_positive = (weighted.sum(dim=0) if low_precision else pos_sum + neg_sum) >= 0
             mixed = torch.where(elected_positive, pos_sum, neg_sum)
             if normalize:
                 agree = torch.where(elected_positive, weighted > 0, weighted < 0)
@@ -343,13 +359,13 @@ def model_stock(base: torch.Tensor, finetuned: Sequence[torch.Tensor], filter_wi
     """
     if len(finetuned) < 2:
         raise ValueError("model_stock needs at least two fine-tuned models (it measures their angle)")
-    shape = base.shape
+    shape, dtype = base.shape, base.dtype  # computed in the base's dtype (the compute dtype), as mergekit
     if filter_wise and base.dim() >= 1:
-        w0 = base.float().reshape(base.shape[0] if base.dim() > 1 else 1, -1)
-        ws = [m.float().reshape(w0.shape) for m in finetuned]
+        w0 = base.reshape(base.shape[0] if base.dim() > 1 else 1, -1)
+        ws = [m.to(dtype).reshape(w0.shape) for m in finetuned]
     else:
-        w0 = base.float().reshape(1, -1)
-        ws = [m.float().reshape(1, -1) for m in finetuned]
+        w0 = base.reshape(1, -1)
+        ws = [m.to(dtype).reshape(1, -1) for m in finetuned]
     offsets = [w - w0 for w in ws]
     cosines = []
     for i, oa in enumerate(offsets):

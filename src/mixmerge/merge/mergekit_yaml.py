@@ -4,8 +4,8 @@ Supported: ``merge_method``, ``base_model``, ``models: [{model, parameters}]`` (
 the peft adapter folder ADAPTER of the base), ``parameters`` at the top level and per model, each a
 number, a layer gradient (a list of numbers) or filter rules (``[{filter, value}, ...]``), read as
 mergekit does (mergekit/config.py ``ConfigReader.parameter``): a model's own setting first, then the
-top-level one, then the method's default; ``dtype`` (mergekit's compute dtype: we compute in float32, so it
-names the output dtype) and ``out_dtype`` (the output dtype). Refused with an error that names the key:
+top-level one, then the method's default; ``dtype`` (the compute dtype, as in mergekit; also the output dtype
+without ``out_dtype``) and ``out_dtype`` (the output dtype). Refused with an error that names the key:
 ``slices``, ``modules``, ``tokenizer_source``/``tokenizer``, ``chat_template``, what mergekit refuses
 (a model with no ``weight``, rules with no fallback for a required parameter), and any other key, with
 the closest known one (a typo such as ``densty`` must not merge untrimmed).
@@ -154,7 +154,7 @@ def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML")
             cfg[key] = _simplify(_rules(value, f"{source}: parameters.{key}")) if key in SETTINGS else value
     if method == "slerp" and cfg.get("t") is None:
         raise ValueError(f"{source}: slerp needs parameters.t (mergekit requires it)")
-    for key in ("dtype", "out_dtype"):  # mergekit's compute and output dtypes (we compute in float32)
+    for key in ("dtype", "out_dtype"):  # mergekit's compute and output dtypes
         if doc.get(key) is not None:
             cfg[key] = doc[key]
     return cfg

@@ -203,7 +203,7 @@ class MergeParams:
     rescale: str | None  # None, "l1" or "inverse_prob"
     t: TSchedule
     seed: int
-    dtype: str | None  # mergekit's compute dtype; we compute in float32, so it names the output's unless out_dtype
+    dtype: str | None  # the compute dtype (mergekit's meaning; None: float32), also the output's unless out_dtype
     filter_wise: bool = False
     fisher_floor: float = 1e-6
     vocab_policy: str = "strict"

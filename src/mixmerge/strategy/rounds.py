@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 BASE_MODES = ("previous", "original")
 # Merge keys that apply to every method; a round naming another method than the merge group keeps only these.
-GENERIC_MERGE_KEYS = ("seed", "dtype", "vocab_policy", "max_base_distance", "shard_size_mb")
+GENERIC_MERGE_KEYS = ("seed", "dtype", "out_dtype", "vocab_policy", "max_base_distance", "shard_size_mb")
 
 
 def round_merge_config(global_merge: Mapping[str, Any], round_merge: Mapping[str, Any] | None) -> dict | None:
