@@ -228,3 +228,31 @@ def test_mismatched_adapters_are_refused_before_any_work(tiny_base, adapters, ex
              {"method": "linear", "normalize": False, "weights": [1.0, 1.0]})
     with pytest.raises(ValueError, match="adapter_rank=4 only applies to merge.output_format=adapter"):
         merge_folders({"method": "ties", "adapter_rank": 4}, tiny_base, [a, b], tmp_path / "x")
+
+
+def test_config_keys_validate_and_keep_cache_keys():
+    """merge.output_format/adapter_rank compose from the command line; the pipeline (which evaluates a merged
+    model) refuses an adapter output before any work; at their defaults they leave merge cache keys unchanged."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from mixmerge.config import ConfigError, validate_config
+    from mixmerge.stages import merge_config_for_key
+    from tests.conftest import REPO
+
+    def composed(overrides):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+
+    validate_config(composed(["strategy=merge", "merge=ties", "merge.base=/b", "merge.models=[/x,/y]",
+                              "merge.output=/o", "merge.output_format=adapter", "merge.adapter_rank=16"]))
+    with pytest.raises(ValueError, match="merge.output_format=adapter: merge.method=slerp combines whole weights"):
+        validate_config(composed(["strategy=merge", "merge=slerp", "merge.base=/b", "merge.models=[/x,/y]",
+                                  "merge.output=/o", "merge.output_format=adapter"]))
+    with pytest.raises(ConfigError, match="merge.output_format=adapter writes a peft adapter, which this strategy"):
+        validate_config(composed(["merge.output_format=adapter"]))
+    merge = composed([])["merge"]
+    assert merge["output_format"] == "model" and merge["adapter_rank"] is None
+    before = {k: v for k, v in merge.items() if k not in ("output_format", "adapter_rank")}
+    assert merge_config_for_key(merge) == merge_config_for_key(before)
+    assert merge_config_for_key({**merge, "output_format": "adapter", "adapter_rank": 4})["adapter_rank"] == 4
