@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from mixmerge.merge import merge_folders
 from mixmerge.merge.io import SafetensorsFolder
+from tests.merge.conftest import make_lora_adapter
 
 # float32 factors from a float64 SVD: B'A' reproduces ΔW to float32 rounding; base + ΔW is then compared
 # with base + ΔW computed by the full-weight engine from base + s B A − base (another rounding of base).
@@ -25,22 +26,6 @@ RTOL, ATOL = 1e-5, 2e-6
 def _state(folder: Path) -> dict[str, torch.Tensor]:
     with SafetensorsFolder(folder) as src:
         return {n: src.get(n).clone() for n in src.names()}
-
-
-def _make_adapter(base: Path, out: Path, *, r: int, alpha: int, targets: list[str], seed: int) -> Path:
-    """A peft LoRA of ``base`` with random A and B (entries ~0.02: ΔW is a few % of the tiny weights)."""
-    from peft import LoraConfig, get_peft_model
-
-    from mixmerge.models import load_model
-
-    model = get_peft_model(load_model(base), LoraConfig(r=r, lora_alpha=alpha, target_modules=targets))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
-    model.save_pretrained(str(out), safe_serialization=True)
-    return out
 
 
 def _expand(base: Path, adapter: Path, out: Path) -> Path:
@@ -55,9 +40,9 @@ def adapters(tiny_base, tmp_path_factory) -> dict[str, Path]:
     share r (peft's add_weighted_adapter "ties" needs it)."""
     root = tmp_path_factory.mktemp("lora_specs")
     return {
-        "a": _make_adapter(tiny_base, root / "a", r=4, alpha=8, targets=["q_proj", "v_proj"], seed=1),
-        "b": _make_adapter(tiny_base, root / "b", r=8, alpha=8, targets=["q_proj", "k_proj", "o_proj"], seed=2),
-        "c": _make_adapter(tiny_base, root / "c", r=4, alpha=4, targets=["q_proj", "v_proj"], seed=3),
+        "a": make_lora_adapter(tiny_base, root / "a", r=4, alpha=8, targets=["q_proj", "v_proj"], seed=1),
+        "b": make_lora_adapter(tiny_base, root / "b", r=8, alpha=8, targets=["q_proj", "k_proj", "o_proj"], seed=2),
+        "c": make_lora_adapter(tiny_base, root / "c", r=4, alpha=4, targets=["q_proj", "v_proj"], seed=3),
     }
 
 
