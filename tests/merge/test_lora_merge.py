@@ -61,6 +61,48 @@ CASES = {
 }
 
 
+def test_pure_math_factored_svd_and_linear_coefficients():
+    """The SVD from the factors equals the dense one; task arithmetic is Σ c_i ΔW_i; the split is exact at
+    full rank and Eckart–Young optimal below it (milliseconds, no files)."""
+    from mixmerge.merge.lora_merge import (
+        factored_svd,
+        linear_coefficients,
+        lora_delta,
+        merge_deltas,
+        total_relative_error,
+        truncated_factors,
+    )
+    from mixmerge.merge.params import resolve_params
+
+    gen = torch.Generator().manual_seed(0)
+    bs = [torch.randn(50, r, generator=gen) for r in (2, 4)]
+    as_ = [torch.randn(r, 40, generator=gen) for r in (2, 4)]
+    params = resolve_params({"method": "task_arithmetic", "weights": [0.7, 0.5], "lambda": 0.8,
+                             "normalize": True}, 2)
+    coefficients = linear_coefficients(params)
+    assert coefficients == pytest.approx([0.8 * 0.7 / 1.2, 0.8 * 0.5 / 1.2])
+    deltas = [lora_delta(a, b, 2.0) for a, b in zip(as_, bs, strict=True)]
+    merged = merge_deltas("m.weight", deltas, params)
+    torch.testing.assert_close(merged, coefficients[0] * deltas[0] + coefficients[1] * deltas[1])
+    left = torch.cat([b * (c * 2.0) for b, c in zip(bs, coefficients, strict=True)], dim=1)
+    right = torch.cat(as_, dim=0)
+    u, s, vh = factored_svd(left, right)
+    torch.testing.assert_close(s, torch.linalg.svdvals(merged.double())[:6], rtol=1e-5, atol=1e-6)  # rank 2 + 4
+    torch.testing.assert_close((u * s) @ vh, merged.double(), rtol=1e-5, atol=1e-5)
+    for rank in (3, 6):
+        dense, fast = truncated_factors(merged, rank), truncated_factors(merged, rank, low_rank=(left, right))
+        assert dense.rank == fast.rank == rank
+        assert fast.error_norm == pytest.approx(dense.error_norm, rel=1e-4, abs=1e-4)
+    assert truncated_factors(merged, 6).relative_error < 1e-6  # rank 6 = 2 + 4: exact
+    best3 = truncated_factors(merged, 3)
+    sv = torch.linalg.svdvals(merged.double())
+    assert best3.relative_error == pytest.approx((sv[3:].norm() / sv.norm()).item(), rel=1e-5)
+    assert truncated_factors(merged, 100).rank == 40  # capped at min(out, in)
+    assert total_relative_error([best3, best3]) == pytest.approx(best3.relative_error)
+    with pytest.raises(ValueError, match="ties is not a linear combination"):
+        linear_coefficients(resolve_params({"method": "ties"}, 2))
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_full_rank_adapter_equals_full_weight_merge(case, tiny_base, adapters, expanded, tmp_path):
     """Adapters a (r=4; q, v) and b (r=8; q, k, o): the union of modules, ΔW = 0 where one does not touch it."""

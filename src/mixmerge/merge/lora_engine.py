@@ -76,19 +76,24 @@ def _merge_and_write(params, base, models, out, base_src, sources, n_layers, t0)
     factors, per_module = {}, {}
     for target in targets:
         shape = base_src.shape(target)
-        deltas, ranks = [], []
-        for src in sources:
+        deltas, ranks, lefts, rights = [], [], [], []
+        tensor_params = params.for_tensor(target, n_layers)
+        coefficients = None if L.is_elementwise(tensor_params) else L.linear_coefficients(tensor_params)
+        for i, src in enumerate(sources):
             if target in src.lora_targets():
                 a, b, scale = src.factors(target)
                 deltas.append(L.lora_delta(a, b, scale))
                 ranks.append(a.shape[0])
+                if coefficients is not None:  # merged ΔW = Σ (c_i s_i B_i) A_i: its SVD from the factors
+                    lefts.append(b.double() * (coefficients[i] * scale))
+                    rights.append(a.double())
             else:
                 deltas.append(torch.zeros(shape))
-        tensor_params = params.for_tensor(target, n_layers)
         merged = L.merge_deltas(target, deltas, tensor_params)
         bound = L.rank_bound(tensor_params, shape, ranks)
         rank = bound if params.adapter_rank is None else min(params.adapter_rank, bound)
-        f = L.truncated_factors(merged, rank, dtype)
+        low_rank = (torch.cat(lefts, dim=1), torch.cat(rights, dim=0)) if coefficients is not None else None
+        f = L.truncated_factors(merged, rank, dtype, low_rank=low_rank)
         factors[target] = (f.b, f.a)
         per_module[lora_io.module_of(target)] = {
             "rank": f.rank, "input_ranks": ranks, "delta_norm": f.delta_norm, "error_norm": f.error_norm,

@@ -24,6 +24,7 @@ import torch
 
 from mixmerge.merge import kernels as K
 from mixmerge.merge.combine import sparsify_stack
+from mixmerge.merge.common import weight_divisor
 from mixmerge.merge.params import MergeParams, delta_space_problem
 
 
@@ -46,12 +47,36 @@ def merge_deltas(tensor_name: str, deltas: Sequence[torch.Tensor], params: Merge
                                 consensus=params.method.consensus, normalize=params.normalize, lam=params.lam)
 
 
+def is_elementwise(params: MergeParams) -> bool:
+    """Whether the method trims or elects signs entry by entry (then the merged ΔW is no longer a sum of
+    low-rank terms, and in general has full rank)."""
+    return params.method.sparsify is not None or params.method.consensus is not None
+
+
 def rank_bound(params: MergeParams, shape: tuple[int, int], input_ranks: Sequence[int]) -> int:
-    """The largest rank the merged ΔW can have: min(out, in) once a sparsifier or sign election has acted
-    entrywise (the result is no longer a sum of low-rank terms), else min(Σ r_i, out, in)."""
+    """A rank at which the merged ΔW is represented exactly: min(out, in) after an entrywise method, else
+    min(Σ r_i, out, in)."""
     full = min(shape)
-    elementwise = params.method.sparsify is not None or params.method.consensus is not None
-    return full if elementwise else min(full, sum(input_ranks))
+    return full if is_elementwise(params) else min(full, sum(input_ranks))
+
+
+def linear_coefficients(params: MergeParams) -> list[float]:
+    """c_i with merged ΔW = Σ c_i ΔW_i, for the methods that are not entrywise (linear, task arithmetic):
+    the factors of the ΔW_i then give the merge's SVD without the dense matrix (``factored_svd``)."""
+    if is_elementwise(params):
+        raise ValueError(f"merge.method={params.method.name} is not a linear combination of the ΔW")
+    divisor = weight_divisor(params.weights, params.normalize)
+    lam = 1.0 if params.method.kind == "linear" else params.lam
+    return [lam * float(w) / divisor for w in params.weights]
+
+
+def factored_svd(left: torch.Tensor, right: torch.Tensor):
+    """The thin SVD (U, S, V^T) of left @ right (out x R times R x in, R small) in O((out + in) R^2): QR of
+    both factors, then the SVD of the R x R core. Float64."""
+    q_left, r_left = torch.linalg.qr(left.double())
+    q_right, r_right = torch.linalg.qr(right.double().T)
+    u, s, vh = torch.linalg.svd(r_left @ r_right.T)
+    return q_left @ u, s, vh @ q_right.T
 
 
 @dataclass(frozen=True)
@@ -72,16 +97,18 @@ class Factors:
         return self.error_norm / self.delta_norm if self.delta_norm > 0 else 0.0
 
 
-def truncated_factors(delta: torch.Tensor, rank: int, dtype: torch.dtype = torch.float32) -> Factors:
+def truncated_factors(delta: torch.Tensor, rank: int, dtype: torch.dtype = torch.float32, *,
+                      low_rank: tuple[torch.Tensor, torch.Tensor] | None = None) -> Factors:
     """The rank-``rank`` truncated SVD of ``delta`` split evenly, B = U_r sqrt(S_r), A = sqrt(S_r) V_r^T,
-    cast to ``dtype``; the error is measured on the cast factors (what a reader of them gets). ``rank`` is
-    capped at min(out, in), where the factorization is exact."""
+    cast to ``dtype``; the error is measured against ``delta`` on the cast factors (what a reader of them
+    gets). ``rank`` is capped at min(out, in), where the factorization is exact. ``low_rank=(L, R)`` with
+    delta = L @ R (up to rounding) takes the SVD from the factors (``factored_svd``): O(n R^2), not O(n^3)."""
     if delta.dim() != 2:
         raise ValueError(f"a LoRA factorization needs a matrix, got shape {tuple(delta.shape)}")
     if rank < 1:
         raise ValueError(f"rank={rank} must be at least 1")
     d = delta.double()  # the SVD in float64: at full rank B A then reproduces ΔW to float32 rounding
-    u, s, vh = torch.linalg.svd(d, full_matrices=False)
+    u, s, vh = torch.linalg.svd(d, full_matrices=False) if low_rank is None else factored_svd(*low_rank)
     r = min(rank, s.shape[0])
     root = s[:r].sqrt()
     b = (u[:, :r] * root).to(dtype)
