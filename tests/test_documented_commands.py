@@ -284,6 +284,8 @@ class DocRunner:
             r"\bPATH_A\b": lambda: self.trained()["specialist/codegen"],
             r"\bPATH_B\b": lambda: self.trained()["specialist/codesum"],
             r"\bPATH\b": lambda: self.trained()["base"],
+            r"\bADAPTER_A\b": lambda: self.lora_adapter("adapter_a", seed=1),
+            r"\bADAPTER_B\b": lambda: self.lora_adapter("adapter_b", seed=2),
             r"\bOUT\b": lambda: str(self.scratch / "merged_out" / f"{len(self.results):02d}"),
             r"\bconfig\.yml\b": self.mergekit_config,
             r"\bsamples\.jsonl\b": self.samples_file,
@@ -324,6 +326,16 @@ class DocRunner:
             metrics = json.loads((self.ok("python run.py").run_dir / "metrics.json").read_text())
             self._placeholders["trained"] = {k: v["artifact"] for k, v in metrics["variants"].items()}
         return self._placeholders["trained"]
+
+    def lora_adapter(self, name: str, seed: int) -> str:
+        """A peft LoRA adapter of the trained base with random factors (a LoRA specialist's stand-in)."""
+        from tests.merge.conftest import make_lora_adapter
+
+        out = self.scratch / name
+        if not out.is_dir():
+            make_lora_adapter(Path(self.trained()["base"]), out, r=4, alpha=8, targets=["q_proj", "v_proj"],
+                              seed=seed)
+        return str(out)
 
     def sweep_dir(self) -> Path:
         """The sweep folder of the documented merge grid: `-m merge=<list> merge.weight=<list>`, nothing else."""

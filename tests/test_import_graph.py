@@ -147,6 +147,8 @@ def test_merge_package_layers():
         {"config_group", "engine", "in_memory"},
         {"standalone", "__init__"},
     ]
+    order[2] |= {"lora_merge", "lora_io"}  # LoRA-native merging: ΔW math and adapter I/O
+    order[3] |= {"lora_engine"}
     rank = {name: i for i, names in enumerate(order) for name in names}
     graph = import_graph()
     merge = {m: t for m, t in graph.items() if m == "mixmerge.merge" or m.startswith("mixmerge.merge.")}

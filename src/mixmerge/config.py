@@ -251,3 +251,6 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         from mixmerge.merge import validate_merge_config
 
         validate_merge_config(cfg["merge"], n_models=len(cfg["task"]["tasks"]))
+        _require((cfg["merge"].get("output_format") or "model") == "model",
+                 "merge.output_format=adapter writes a peft adapter, which this strategy cannot evaluate as a "
+                 "merged model; merge LoRA adapters into an adapter with strategy=merge (merge.base, merge.models)")

@@ -128,6 +128,10 @@ def merge_config_for_key(merge_cfg: Mapping[str, Any]) -> dict:
     from mixmerge.merge.registry import ALGORITHM_VERSION
 
     params = {k: v for k, v in merge_cfg.items() if k not in IO_KEYS}
+    # Keys added after merges were cached, left out at their defaults so those caches stay valid.
+    for key, default in (("output_format", "model"), ("adapter_rank", None)):
+        if key in params and params[key] == default:
+            del params[key]
     return {**params, "algorithm_version": ALGORITHM_VERSION}
 
 

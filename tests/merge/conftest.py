@@ -29,6 +29,22 @@ def make_specialist(base: Path, out: Path, seed: int, scale: float = 0.01) -> Pa
     return out
 
 
+def make_lora_adapter(base: Path, out: Path, *, r: int, alpha: int, targets: list[str], seed: int) -> Path:
+    """A peft LoRA of ``base`` with random A and B (entries ~0.02: ΔW is a few % of the tiny weights)."""
+    from peft import LoraConfig, get_peft_model
+
+    from mixmerge.models import load_model
+
+    model = get_peft_model(load_model(base), LoraConfig(r=r, lora_alpha=alpha, target_modules=targets))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tiny_base) -> Path:
     """The session's tiny model (tests/conftest.py) as a folder path."""

@@ -79,6 +79,10 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
     t0 = time.perf_counter()
     models = [Path(m) for m in models]
     params = resolve_params(merge_cfg, len(models))
+    if params.output_format == "adapter":  # LoRA adapters merged on ΔW into an adapter (merge/lora_engine.py)
+        from mixmerge.merge.lora_engine import merge_adapters
+
+        return merge_adapters(params, base, models, Path(out), overwrite=overwrite)
     method = params.method
     if base is None and (method.needs_base or any(is_adapter_folder(m) for m in models)):
         raise ValueError(f"merge.method={method.name} needs merge.base (the model the specialists share)")

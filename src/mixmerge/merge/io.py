@@ -327,6 +327,19 @@ class LoraAdapterSource:
             return self._handle.get_tensor(self._whole[name]).float() - self.base.get(name).float()
         return None
 
+    def lora_targets(self) -> list[str]:
+        """The base tensors the adapter changes by B A (``...q_proj.weight``)."""
+        return list(self._lora)
+
+    def whole_targets(self) -> list[str]:
+        """The base tensors the adapter replaces whole (``modules_to_save``)."""
+        return list(self._whole)
+
+    def factors(self, name: str):
+        """``(A, B, scale)`` of a LoRA target as stored (A: r x in, B: out x r; ΔW = scale B A)."""
+        a_key, b_key = self._lora[name]
+        return self._handle.get_tensor(a_key), self._handle.get_tensor(b_key), self._scale(name)
+
     def get(self, name: str):
         base = self.base.get(name)
         delta = self.delta(name)

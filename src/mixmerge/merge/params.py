@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mixmerge.dtypes import DTYPE_NAMES
-from mixmerge.merge.common import RESCALE_MODES
+from mixmerge.merge.common import RESCALE_MODES, weight_divisor
 from mixmerge.merge.correlation_rule import RULE_KEYS, CorrelationRule, resolve_correlation_rule
 from mixmerge.merge.registry import MergeMethod, get_method
 from mixmerge.merge.tensor_names import layer_index
@@ -34,6 +34,9 @@ PARAM_KEYS = ("method", "weight", "weights", "density", "epsilon", "gamma", "lam
               "rescale_mode", "t", "seed", "dtype", "out_dtype", "vocab_policy", "filter_wise", "fisher_paths", "fisher_floor",
               "fisher_batches", "max_base_distance", "shard_size_mb", "check_finite", "report_stats",
               *RULE_KEYS)  # merge=correlation's knobs (correlation_rule.py)
+# LoRA-native merging (merge/lora_engine.py): write the merge as a peft adapter of a chosen rank.
+PARAM_KEYS += ("output_format", "adapter_rank")
+OUTPUT_FORMATS = ("model", "adapter")
 
 
 def check_known_keys(keys, known: Sequence[str], where: str) -> None:
@@ -218,6 +221,8 @@ class MergeParams:
     # field is "weights", "densities", "epsilons", "gammas" (per model) or "lam" (index -1).
     schedules: tuple[tuple[str, int, Schedule], ...] = ()
     correlation: CorrelationRule | None = None  # merge=correlation's knobs (None for other methods)
+    output_format: str = "model"  # "adapter": a peft LoRA of the merged ΔW (all models LoRA adapters of the base)
+    adapter_rank: int | None = None  # the adapter's rank; None: each module's exact rank (no truncation)
 
     def for_tensor(self, tensor_name: str, n_layers: int) -> MergeParams:
         """The parameters of one tensor: every scheduled value evaluated at its layer (and filters)."""
@@ -359,7 +364,9 @@ def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) ->
     if max_dist is not None and (not _is_number(max_dist) or max_dist < 0):
         raise ValueError(f"merge.max_base_distance={max_dist!r} must be a non-negative number (or null to skip "
                          f"the check)")
-    return MergeParams(
+    output_format, adapter_rank = _resolve_output_format(merge_cfg)
+    params = MergeParams(
+        output_format=output_format, adapter_rank=adapter_rank,
         method=method, weights=weights, densities=densities, epsilons=epsilons, gammas=gammas,
         lam=float(lam), normalize=normalize, rescale=mode if rescale else None, t=parse_t(merge_cfg.get("t")),
         seed=seed, dtype=dtype, filter_wise=bool(merge_cfg.get("filter_wise", False)),
@@ -370,3 +377,50 @@ def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) ->
         report_stats=bool(merge_cfg.get("report_stats", False)), schedules=tuple(schedules),
         out_dtype=out_dtype, correlation=correlation,
     )
+    check_output_format(params)
+    return params
+
+
+def delta_space_problem(params: MergeParams) -> str | None:
+    """Why ``params`` cannot be merged on the ΔW alone (None when it can): the methods that need the base
+    weights themselves (slerp, model_stock, fisher) and linear without ``normalize``, whose result
+    Σ w_i θ_i = (Σ w_i) base + Σ w_i ΔW_i is not the base plus a low-rank change unless Σ w_i = 1."""
+    kind = params.method.kind
+    if kind == "gta":
+        return None
+    if kind == "linear":
+        fix = "set merge.normalize=true (or give weights that sum to 1)"
+        if params.schedules:  # per-tensor weights: each tensor's are checked again in merge_deltas
+            return None if params.normalize else f"linear scales the base by sum(weights); {fix}"
+        total = float(sum(params.weights))
+        if math.isclose(total / weight_divisor(params.weights, params.normalize), 1.0):
+            return None
+        return f"linear with weights summing to {total:g} scales the base by that sum; {fix}"
+    return f"merge.method={params.method.name} combines whole weights, not task vectors"
+
+
+def _resolve_output_format(merge_cfg: Mapping[str, Any]) -> tuple[str, int | None]:
+    """``merge.output_format`` and ``merge.adapter_rank``, checked (the method's fit is checked once the
+    parameters are resolved: ``check_output_format``)."""
+    fmt = merge_cfg.get("output_format") or "model"
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"merge.output_format={fmt!r} is not one of {OUTPUT_FORMATS} (model: full weights; "
+                         f"adapter: a peft LoRA of the merged change, when every model is a LoRA adapter)")
+    rank = merge_cfg.get("adapter_rank")
+    if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
+        raise ValueError(f"merge.adapter_rank={rank!r} must be a positive integer, or null for each module's "
+                         f"exact rank")
+    if rank is not None and fmt != "adapter":
+        raise ValueError(f"merge.adapter_rank={rank} only applies to merge.output_format=adapter; set that, or "
+                         f"drop merge.adapter_rank")
+    return fmt, rank
+
+
+def check_output_format(params: MergeParams) -> None:
+    """Refuse ``merge.output_format=adapter`` for a method that is not a function of the task vectors."""
+    if params.output_format == "adapter":
+        problem = delta_space_problem(params)
+        if problem is not None:
+            raise ValueError(f"merge.output_format=adapter: {problem}. An adapter holds the merged change "
+                             f"ΔW, so it needs linear (normalized) or a task-vector method; or use "
+                             f"merge.output_format=model")
