@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from mixmerge.merge import kernels as K
+from mixmerge.merge import mergekit_methods as MK
 from mixmerge.merge.params import MergeParams
 
 
@@ -67,6 +68,8 @@ def merge_whole(
         if fishers is None:
             params.require_fisher_paths(len(models))  # raises: names the field and the fix
         return K.fisher_weighted_average(models, fishers, params.weights, params.fisher_floor)
+    if kind in MERGEKIT_KINDS:
+        return _merge_mergekit_method(tensor_name, base, models, params, n_layers)
     raise ValueError(f"merge kind {kind!r} of method {params.method.name!r} has no whole-weight kernel")
 
 
@@ -104,3 +107,24 @@ def combine_sparse(base: torch.Tensor, stacked: torch.Tensor, params: MergeParam
     """base + the method's combination of already-sparsified deltas (float32)."""
     return K.merge_task_vectors(stacked, params.weights, consensus=params.method.consensus,
                                 normalize=params.normalize, lam=params.lam, base=base)
+
+
+MERGEKIT_KINDS = ("sce", "nuslerp", "multislerp", "karcher", "nearswap")
+
+
+def _merge_mergekit_method(tensor_name: str, base: torch.Tensor | None, models: Sequence[torch.Tensor],
+                           params: MergeParams, n_layers: int) -> torch.Tensor:
+    """SCE, NuSLERP, Multi-SLERP, Karcher and NearSwap (``mergekit_methods.py``). ``base`` is None when the
+    merge has none: NuSLERP and Multi-SLERP then interpolate the weights, not the task vectors."""
+    kind, opts = params.method.kind, params.options
+    if kind == "sce":
+        return MK.sce(base, models, opts["select_topk"].at(tensor_name, n_layers))
+    if kind == "nuslerp":
+        return MK.nuslerp(base, models, params.weights, row_wise=opts["nuslerp_row_wise"],
+                          flatten=opts["nuslerp_flatten"])
+    if kind == "multislerp":
+        return MK.multislerp(base, models, params.weights, normalize_weights=opts["normalize_weights"],
+                             eps=opts["eps"])
+    if kind == "karcher":
+        return MK.karcher_mean(models, params.weights, max_iter=opts["max_iter"], tol=opts["tol"])
+    return MK.nearswap(models[0], models[1], params.t.at(tensor_name, n_layers))

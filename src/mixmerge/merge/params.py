@@ -19,6 +19,14 @@ from typing import Any
 
 from mixmerge.dtypes import DTYPE_NAMES
 from mixmerge.merge.common import RESCALE_MODES
+from mixmerge.merge.method_options import (
+    OPTION_KEYS,
+    OPTIONS,
+    SCHEDULED_OPTIONS,
+    check_option,
+    foreign_option,
+    owner_of,
+)
 from mixmerge.merge.registry import MergeMethod, get_method
 from mixmerge.merge.tensor_names import layer_index
 
@@ -32,6 +40,7 @@ IO_KEYS = ("base", "models", "output", "from_mergekit", "overwrite")
 PARAM_KEYS = ("method", "weight", "weights", "density", "epsilon", "gamma", "lambda", "normalize", "rescale",
               "rescale_mode", "t", "seed", "dtype", "out_dtype", "vocab_policy", "filter_wise", "fisher_paths", "fisher_floor",
               "fisher_batches", "max_base_distance", "shard_size_mb", "check_finite", "report_stats")
+PARAM_KEYS = (*PARAM_KEYS, *OPTION_KEYS)  # the settings of SCE, NuSLERP, Multi-SLERP, Karcher (method_options.py)
 
 
 def check_known_keys(keys, known: Sequence[str], where: str) -> None:
@@ -177,9 +186,10 @@ def parse_setting(v: Any, where: str) -> Schedule:
     return Schedule(((None, as_values(v)),))
 
 
-def parse_t(t: Any) -> Schedule:
+def parse_t(t: Any, *, unit_interval: bool = True) -> Schedule:
+    """SLERP's interpolation t in [0, 1] (default 0.5), or NearSwap's distance threshold (any number)."""
     sched = parse_setting(0.5 if t is None else t, "merge.t")
-    if not all(0 <= x <= 1 for x in sched.values()):
+    if unit_interval and not all(0 <= x <= 1 for x in sched.values()):
         raise ValueError(f"merge.t={t!r}: every t must be a number in [0, 1]")
     if not sched.has_fallback():
         # mergekit/config.py: a filter list no rule of which matches a tensor gives no t, and slerp's t
@@ -215,6 +225,9 @@ class MergeParams:
     # Parameters that vary by tensor (mergekit layer gradients and filters): (field, model index, schedule);
     # field is "weights", "densities", "epsilons", "gammas" (per model) or "lam" (index -1).
     schedules: tuple[tuple[str, int, Schedule], ...] = ()
+    # The method's own settings (method_options.OPTIONS: select_topk, nuslerp_flatten, ...), every one resolved
+    # to its value or default; select_topk as a Schedule (it may vary by tensor).
+    options: dict[str, Any] = field(default_factory=dict)
 
     def for_tensor(self, tensor_name: str, n_layers: int) -> MergeParams:
         """The parameters of one tensor: every scheduled value evaluated at its layer (and filters)."""
@@ -244,7 +257,9 @@ class MergeParams:
                 "normalize": self.normalize, "rescale": self.rescale, "t": [list(r[1]) for r in self.t.rules],
                 "seed": self.seed, "dtype": self.dtype, "out_dtype": self.out_dtype, "vocab_policy": self.vocab_policy,
                 **({"by_tensor": {f"{name}[{i}]" if i >= 0 else name: [[p, list(v)] for p, v in s.rules]
-                                  for name, i, s in self.schedules}} if self.schedules else {})}
+                                  for name, i, s in self.schedules}} if self.schedules else {}),
+                **{k: ([[p, list(v)] for p, v in o.rules] if isinstance(o, Schedule) else o)
+                   for k, o in self.options.items()}}
 
 
 def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) -> MergeParams:
@@ -356,12 +371,44 @@ def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) ->
                          f"the check)")
     return MergeParams(
         method=method, weights=weights, densities=densities, epsilons=epsilons, gammas=gammas,
-        lam=float(lam), normalize=normalize, rescale=mode if rescale else None, t=parse_t(merge_cfg.get("t")),
+        lam=float(lam), normalize=normalize, rescale=mode if rescale else None,
+        t=parse_t(merge_cfg.get("t"), unit_interval=method.kind != "nearswap"),
         seed=seed, dtype=dtype, filter_wise=bool(merge_cfg.get("filter_wise", False)),
         fisher_floor=float(floor), vocab_policy=vocab_policy,
         fisher_paths=None if fisher_paths is None else tuple(str(p) for p in fisher_paths),
         max_base_distance=None if max_dist is None else float(max_dist), shard_size_mb=float(shard_mb),
         check_finite=merge_cfg.get("check_finite", True) is not False,
         report_stats=bool(merge_cfg.get("report_stats", False)), schedules=tuple(schedules),
-        out_dtype=out_dtype,
+        out_dtype=out_dtype, options=resolve_method_options(merge_cfg, method),
     )
+
+
+def resolve_method_options(merge_cfg: Mapping[str, Any], method: MergeMethod) -> dict[str, Any]:
+    """The method's own settings (``method_options.OPTIONS``) checked, defaults filled in; another method's
+    setting given a value is refused (it would be silently unused), and NearSwap requires ``t``."""
+    given = [k for k in OPTION_KEYS if merge_cfg.get(k) is not None]
+    foreign = foreign_option(given, method.name)
+    if foreign is not None:
+        raise ValueError(f"merge.{foreign} is a setting of merge.method={owner_of(foreign)}; "
+                         f"merge.method={method.name} does not read it (remove it)")
+    if method.kind == "nearswap" and merge_cfg.get("t") is None:
+        raise ValueError("merge.method=nearswap needs merge.t, the distance below which model 1's value is taken "
+                         "(mergekit requires it; e.g. merge.t=0.0001)")
+    options: dict[str, Any] = {}
+    for opt in OPTIONS.get(method.name, ()):
+        value = merge_cfg.get(opt.key)
+        value = opt.default if value is None else value
+        if opt.key in SCHEDULED_OPTIONS:
+            sched = parse_setting(value, f"merge.{opt.key}")
+            if not sched.has_fallback():
+                raise ValueError(f"merge.{opt.key}={value!r}: no rule without a filter, so tensors no filter "
+                                 f"matches have no {opt.key}; add a last rule {{value: X}}")
+            for v in sched.values():
+                check_option(opt, v, method.name)
+            options[opt.key] = sched
+        elif _is_setting(value):
+            raise ValueError(f"merge.{opt.key}={value!r}: a gradient or filter rules of {opt.key} are not "
+                             f"supported; give one value")
+        else:
+            options[opt.key] = check_option(opt, value, method.name)
+    return options
