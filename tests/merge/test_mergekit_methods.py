@@ -131,6 +131,13 @@ def test_multislerp_refuses_cancelling_directions_of_three_models():
         MK.multislerp(None, [a, -a, torch.zeros(2)], [1.0, 1.0, 1.0])
 
 
+def test_multislerp_of_unmoved_tensors_is_the_base():
+    """Three specialists that all left a tensor at the base (a norm under LoRA): the base, where mergekit
+    raises its 'weighted sum is zero' error."""
+    base = torch.tensor([1.0, 2.0])
+    torch.testing.assert_close(MK.multislerp(base, [base.clone()] * 3, [1.0, 1.0, 1.0]), base, rtol=0, atol=0)
+
+
 def test_karcher_mean_of_one_or_identical_models_is_that_model():
     _, (m, *_) = _inputs()
     torch.testing.assert_close(MK.karcher_mean([m]), m, rtol=0, atol=0)

@@ -112,7 +112,7 @@ def multislerp(base: torch.Tensor | None, models: Sequence[torch.Tensor], weight
     """Barycentric interpolation on the hypersphere: the (task) vectors' directions are mapped to the
     tangent space at their weighted mean direction, averaged there, mapped back by the exponential map and
     scaled to the weighted mean norm. One model is returned as it is; two exactly opposed directions fall
-    back to the weighted sum. Goddard, https://goddard.blog/posts/multislerp-wow-what-a-cool-idea;
+    back to the weighted sum; all-zero (task) vectors give the base (where mergekit raises). Goddard, https://goddard.blog/posts/multislerp-wow-what-a-cool-idea;
     mergekit 0.1.5 ``merge_methods/multislerp.py``."""
     if len(models) == 1:
         return _compute(models[0])
@@ -129,6 +129,9 @@ def multislerp(base: torch.Tensor | None, models: Sequence[torch.Tensor], weight
     mean = (units * w.view(-1, 1)).sum(0)
     mean_norm = torch.norm(mean)
     if mean_norm < eps:
+        if not bool(norms.any()):  # nothing moved (e.g. a norm a LoRA left untouched): mergekit raises here
+            res = tensors[0]
+            return res + base if base is not None else res
         if tensors.shape[0] != 2:
             raise ValueError("multislerp: the weighted sum of the model directions is zero (opposed models whose "
                              "weights cancel); choose other weights")
