@@ -48,9 +48,12 @@ def method_doc(method: str) -> dict[str, Any]:
     if method == "linear":
         return {"merge_method": "linear", "models": [{"model": "M1", "parameters": {"weight": 0.5}},
                                                      {"model": "M2", "parameters": {"weight": 0.5}}]}
-    if method in ("slerp", "nuslerp"):
+    if method == "slerp":
         return {"merge_method": method, "base_model": "M1", "models": [{"model": "M1"}, {"model": "M2"}],
                 "parameters": {"t": 0.3}}
+    if method == "nuslerp":  # mergekit's nuslerp reads a weight per model (required), not t
+        return {"merge_method": method, "base_model": "BASE",
+                "models": [{"model": "M1", "parameters": {"weight": 0.6}}, {"model": "M2", "parameters": {"weight": 0.4}}]}
     if method in ("model_stock", "karcher", "multislerp"):
         models = [{"model": m} for m in ("M1", "M2", "M3")]
         return {"merge_method": method, "base_model": "BASE", "models": models,

@@ -138,10 +138,10 @@ def test_no_upward_arrows():
 def test_merge_package_layers():
     """Inside merge/: the registry and pure helpers at the bottom, the engines above, the edge on top."""
     order = [
-        {"registry", "common", "tensor_names",
+        {"registry", "common", "tensor_names", "method_options",
          "deltas", "correlation_rule"},
         {"params", "kernels", "io", "fused", "fused.primitives", "fused.rng", "fused.select", "fused.della",
-         "fused.combine",
+         "fused.combine", "mergekit_methods",
          "correlation_merge"},
         {"mergekit_yaml", "validate", "output", "combine", "fast_gta", "fisher"},
         {"config_group", "engine", "in_memory"},

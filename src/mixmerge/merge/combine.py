@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from mixmerge.merge import kernels as K
+from mixmerge.merge import mergekit_methods as MK
 from mixmerge.merge.correlation_merge import Measurement, merge_correlated
 from mixmerge.merge.params import MergeParams
 
@@ -73,6 +74,8 @@ def merge_whole(
     if kind == "correlation":
         base32 = base.float()
         return merge_correlation(base32, [K.task_vector(m, base32) for m in models], params)[0]
+    if kind in MERGEKIT_KINDS:
+        return _merge_mergekit_method(tensor_name, base, models, params, n_layers)
     raise ValueError(f"merge kind {kind!r} of method {params.method.name!r} has no whole-weight kernel")
 
 
@@ -128,3 +131,24 @@ def merge_correlation(base: torch.Tensor, deltas, params: MergeParams, measured:
     return merge_correlated(base, deltas, params.correlation, params.weights, lam=params.lam,
                             normalize=params.normalize, rescale=params.rescale, measured=measured,
                             with_stats=with_stats)
+
+
+MERGEKIT_KINDS = ("sce", "nuslerp", "multislerp", "karcher", "nearswap")
+
+
+def _merge_mergekit_method(tensor_name: str, base: torch.Tensor | None, models: Sequence[torch.Tensor],
+                           params: MergeParams, n_layers: int) -> torch.Tensor:
+    """SCE, NuSLERP, Multi-SLERP, Karcher and NearSwap (``mergekit_methods.py``). ``base`` is None when the
+    merge has none: NuSLERP and Multi-SLERP then interpolate the weights, not the task vectors."""
+    kind, opts = params.method.kind, params.options
+    if kind == "sce":
+        return MK.sce(base, models, opts["select_topk"].at(tensor_name, n_layers))
+    if kind == "nuslerp":
+        return MK.nuslerp(base, models, params.weights, row_wise=opts["nuslerp_row_wise"],
+                          flatten=opts["nuslerp_flatten"])
+    if kind == "multislerp":
+        return MK.multislerp(base, models, params.weights, normalize_weights=opts["normalize_weights"],
+                             eps=opts["eps"])
+    if kind == "karcher":
+        return MK.karcher_mean(models, params.weights, max_iter=opts["max_iter"], tol=opts["tol"])
+    return MK.nearswap(models[0], models[1], params.t.at(tensor_name, n_layers))

@@ -137,7 +137,8 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
                 writer.write_array(name, _cast(merged, dtype, fused))
             else:
                 merged, stats = _merge_reference(name, shape, dtype, tensor_params, base_src, sources, labels,
-                                                 fishers, n_layers, check_finite, inputs_can_vanish, compute)
+                                                 fishers, n_layers, check_finite, inputs_can_vanish, compute,
+                                                 has_base=base is not None)
                 writer.write(name, merged)
             del merged
             if stats is not None:
@@ -176,11 +177,13 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
 
 
 def _merge_reference(name, shape, dtype, params, base_src, sources, labels, fishers, n_layers, check_finite,
-                     inputs_can_vanish, compute: str = "float32"):
+                     inputs_can_vanish, compute: str = "float32", *, has_base: bool = True):
     """One tensor through the torch reference (``combine.merge_tensor``): the methods the fused kernels do
     not cover, compute dtypes other than float32, LoRA adapters (on the fused path too, through
     ``read_f32_into``) and integer tensors (copied from the base). Returns the tensor to write, computed in
-    ``compute`` and then cast to ``dtype`` (as mergekit casts to out_dtype), and its diagnostics."""
+    ``compute`` and then cast to ``dtype`` (as mergekit casts to out_dtype), and its diagnostics. Without a
+    ``merge.base`` (``has_base`` false; ``base_src`` is then the first model, for names and integer
+    tensors) the method gets no base tensor."""
     from mixmerge.merge.combine import merge_tensor  # imports torch
 
     rows = shape[0] if shape else None
@@ -196,8 +199,8 @@ def _merge_reference(name, shape, dtype, params, base_src, sources, labels, fish
             return base_t, None  # released pages are read again from the file on use
         fisher_t = [f.get(name)[:rows] if f.shape(name) != shape else f.get(name) for f in fishers] \
             if fishers else None
-        merged, stats = merge_tensor(name, base_t, tensors, params, fishers=fisher_t, n_layers=n_layers,
-                                     compute_dtype=torch_dtype_of(SAFETENSORS_NAMES[compute]))
+        merged, stats = merge_tensor(name, base_t if has_base else None, tensors, params, fishers=fisher_t,
+                                     n_layers=n_layers, compute_dtype=torch_dtype_of(SAFETENSORS_NAMES[compute]))
         if check_finite and not V.all_finite(merged):
             _check_inputs_finite(name, base_t, tensors, labels)  # names the culprit input, if any
             raise ValueError(f"the merge of tensor {name!r} produced NaN/Inf; check merge.weights and "

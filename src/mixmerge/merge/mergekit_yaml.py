@@ -19,17 +19,27 @@ from typing import Any
 
 import yaml
 
+from mixmerge.merge.method_options import (
+    MERGEKIT_PER_MODEL,
+    OPTION_KEYS,
+    OPTIONS,
+    REQUIRES_WEIGHT,
+    SCHEDULED_OPTIONS,
+)
 from mixmerge.merge.params import as_number, check_known_keys
 from mixmerge.merge.registry import METHODS
 
 PER_MODEL = ("weight", "density", "epsilon", "gamma")
 GLOBAL = ("lambda", "normalize", "rescale", "t", "filter_wise", "int8_mask")
 SETTINGS = ("lambda", "t")  # the global keys that may be gradients or filter rules
+GLOBAL = (*GLOBAL, *OPTION_KEYS)  # SCE's, NuSLERP's, Multi-SLERP's and Karcher's settings (method_options.py)
+SETTINGS = (*SETTINGS, *SCHEDULED_OPTIONS)
 UNSUPPORTED = ("slices", "modules", "tokenizer_source", "tokenizer", "chat_template")
 TOP_LEVEL = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", *UNSUPPORTED)
 MODEL_ENTRY = ("model", "parameters")
 # The merge keys an imported file decides: the method YAML's defaults for them are dropped.
 IMPORTED_KEYS = ("weight", "weights", "density", "epsilon", "gamma", "lambda", "normalize", "rescale", "t")
+IMPORTED_KEYS = (*IMPORTED_KEYS, *OPTION_KEYS)
 
 
 def _rules(setting: Any, where: str) -> list[dict[str, Any]]:
@@ -94,7 +104,7 @@ def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML")
     for key in GLOBAL:
         if key not in SETTINGS and isinstance(top.get(key), Sequence) and not isinstance(top.get(key), str):
             raise ValueError(f"{source}: parameters.{key}={top[key]!r}: a gradient or filter rules of {key} "
-                             f"are not supported; use true or false")
+                             f"are not supported; use {'one value' if key in OPTION_KEYS else 'true or false'}")
     method = doc.get("merge_method")
     if not method:
         raise ValueError(f"{source}: no merge_method")
@@ -107,30 +117,31 @@ def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML")
     for i, e in enumerate(entries):
         e["model"] = _adapter_of(str(e.get("model")), base, f"{source}: models[{i}].model")
     if base is not None:
-        if method == "slerp":
+        if method in ("slerp", "nearswap"):
             others = [e for e in entries if e["model"] != str(base)]
             if len(others) != 1:
-                raise ValueError(f"{source}: slerp needs base_model and exactly one other model")
+                raise ValueError(f"{source}: {method} needs base_model and exactly one other model")
             entries = [{"model": str(base)}, others[0]]
-        elif row is not None and row.kind == "linear":
+        elif row is not None and row.kind in ("linear", "karcher"):
             # mergekit/plan.py adds the base to the inputs, and linear averages every input (its weight:
-            # the base's own entry, else parameters.weight)
+            # the base's own entry, else parameters.weight); karcher too (its base policy: an input like any)
             if not any(e["model"] == str(base) for e in entries):
                 entries.append({"model": str(base)})
         else:  # mergekit/merge_methods/generalized_task_arithmetic.py: the base gives no task vector
             entries = [e for e in entries if e["model"] != str(base)]
-    elif method == "slerp":
-        raise ValueError(f"{source}: slerp needs base_model and exactly one other model")
+    elif method in ("slerp", "nearswap"):
+        raise ValueError(f"{source}: {method} needs base_model and exactly one other model")
     if not entries:
         raise ValueError(f"{source}: no models to merge")
     cfg: dict[str, Any] = {"method": method, "base": base, "models": [e["model"] for e in entries]}
     per_model_keys = PER_MODEL if method != "slerp" else ()
+    per_model_keys = MERGEKIT_PER_MODEL.get(method, per_model_keys)  # what mergekit reads for the method
     for key in per_model_keys:
         if key == "weight" and row is not None and row.kind == "model_stock":
             continue  # mergekit's model_stock reads no weights
         chains = [_rules((e.get("parameters") or {}).get(key), f"{source}: models[{i}].parameters.{key}")
                   + _rules(top.get(key), f"{source}: parameters.{key}") for i, e in enumerate(entries)]
-        if key == "weight" and row is not None and row.task_vector_family:
+        if key == "weight" and row is not None and (row.task_vector_family or method in REQUIRES_WEIGHT):
             for e, chain in zip(entries, chains, strict=True):
                 if not any(r.get("filter") in (None, "*") for r in chain):
                     what = "has no weight" if not chain else "has weight rules with no fallback"
@@ -150,10 +161,12 @@ def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML")
             cfg[cfg_key] = [_cap_density(v, f"{source}: density of model {e['model']!r}")
                             for v, e in zip(cfg[cfg_key], entries, strict=True)]
     for key, value in top.items():
+        if key in OPTION_KEYS and not any(o.key == key for o in OPTIONS.get(method, ())):
+            continue  # another method's setting: mergekit does not read it
         if key in GLOBAL and key != "int8_mask":
             cfg[key] = _simplify(_rules(value, f"{source}: parameters.{key}")) if key in SETTINGS else value
-    if method == "slerp" and cfg.get("t") is None:
-        raise ValueError(f"{source}: slerp needs parameters.t (mergekit requires it)")
+    if method in ("slerp", "nearswap") and cfg.get("t") is None:
+        raise ValueError(f"{source}: {method} needs parameters.t (mergekit requires it)")
     for key in ("dtype", "out_dtype"):  # mergekit's compute and output dtypes
         if doc.get(key) is not None:
             cfg[key] = doc[key]

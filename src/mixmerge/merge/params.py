@@ -20,6 +20,14 @@ from typing import Any
 from mixmerge.dtypes import DTYPE_NAMES
 from mixmerge.merge.common import RESCALE_MODES, weight_divisor
 from mixmerge.merge.correlation_rule import RULE_KEYS, CorrelationRule, resolve_correlation_rule
+from mixmerge.merge.method_options import (
+    OPTION_KEYS,
+    OPTIONS,
+    SCHEDULED_OPTIONS,
+    check_option,
+    foreign_option,
+    owner_of,
+)
 from mixmerge.merge.registry import MergeMethod, get_method
 from mixmerge.merge.tensor_names import layer_index
 
@@ -34,6 +42,7 @@ PARAM_KEYS = ("method", "weight", "weights", "density", "epsilon", "gamma", "lam
               "rescale_mode", "t", "seed", "dtype", "out_dtype", "vocab_policy", "filter_wise", "fisher_paths", "fisher_floor",
               "fisher_batches", "max_base_distance", "shard_size_mb", "check_finite", "report_stats",
               *RULE_KEYS)  # merge=correlation's knobs (correlation_rule.py)
+PARAM_KEYS = (*PARAM_KEYS, *OPTION_KEYS)  # the settings of SCE, NuSLERP, Multi-SLERP, Karcher (method_options.py)
 # LoRA-native merging (merge/lora_engine.py): write the merge as a peft adapter of a chosen rank.
 PARAM_KEYS += ("output_format", "adapter_rank")
 OUTPUT_FORMATS = ("model", "adapter")
@@ -182,9 +191,10 @@ def parse_setting(v: Any, where: str) -> Schedule:
     return Schedule(((None, as_values(v)),))
 
 
-def parse_t(t: Any) -> Schedule:
+def parse_t(t: Any, *, unit_interval: bool = True) -> Schedule:
+    """SLERP's interpolation t in [0, 1] (default 0.5), or NearSwap's distance threshold (any number)."""
     sched = parse_setting(0.5 if t is None else t, "merge.t")
-    if not all(0 <= x <= 1 for x in sched.values()):
+    if unit_interval and not all(0 <= x <= 1 for x in sched.values()):
         raise ValueError(f"merge.t={t!r}: every t must be a number in [0, 1]")
     if not sched.has_fallback():
         # mergekit/config.py: a filter list no rule of which matches a tensor gives no t, and slerp's t
@@ -223,6 +233,9 @@ class MergeParams:
     correlation: CorrelationRule | None = None  # merge=correlation's knobs (None for other methods)
     output_format: str = "model"  # "adapter": a peft LoRA of the merged ΔW (all models LoRA adapters of the base)
     adapter_rank: int | None = None  # the adapter's rank; None: each module's exact rank (no truncation)
+    # The method's own settings (method_options.OPTIONS: select_topk, nuslerp_flatten, ...), every one resolved
+    # to its value or default; select_topk as a Schedule (it may vary by tensor).
+    options: dict[str, Any] = field(default_factory=dict)
 
     def for_tensor(self, tensor_name: str, n_layers: int) -> MergeParams:
         """The parameters of one tensor: every scheduled value evaluated at its layer (and filters)."""
@@ -253,7 +266,9 @@ class MergeParams:
                 "seed": self.seed, "dtype": self.dtype, "out_dtype": self.out_dtype, "vocab_policy": self.vocab_policy,
                 **({"by_tensor": {f"{name}[{i}]" if i >= 0 else name: [[p, list(v)] for p, v in s.rules]
                                   for name, i, s in self.schedules}} if self.schedules else {}),
-                **({"correlation": self.correlation.as_report()} if self.correlation is not None else {})}
+                **({"correlation": self.correlation.as_report()} if self.correlation is not None else {}),
+                **{k: ([[p, list(v)] for p, v in o.rules] if isinstance(o, Schedule) else o)
+                   for k, o in self.options.items()}}
 
 
 def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) -> MergeParams:
@@ -368,14 +383,15 @@ def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) ->
     params = MergeParams(
         output_format=output_format, adapter_rank=adapter_rank,
         method=method, weights=weights, densities=densities, epsilons=epsilons, gammas=gammas,
-        lam=float(lam), normalize=normalize, rescale=mode if rescale else None, t=parse_t(merge_cfg.get("t")),
+        lam=float(lam), normalize=normalize, rescale=mode if rescale else None,
+        t=parse_t(merge_cfg.get("t"), unit_interval=method.kind != "nearswap"),
         seed=seed, dtype=dtype, filter_wise=bool(merge_cfg.get("filter_wise", False)),
         fisher_floor=float(floor), vocab_policy=vocab_policy,
         fisher_paths=None if fisher_paths is None else tuple(str(p) for p in fisher_paths),
         max_base_distance=None if max_dist is None else float(max_dist), shard_size_mb=float(shard_mb),
         check_finite=merge_cfg.get("check_finite", True) is not False,
         report_stats=bool(merge_cfg.get("report_stats", False)), schedules=tuple(schedules),
-        out_dtype=out_dtype, correlation=correlation,
+        out_dtype=out_dtype, correlation=correlation, options=resolve_method_options(merge_cfg, method),
     )
     check_output_format(params)
     return params
@@ -424,3 +440,36 @@ def check_output_format(params: MergeParams) -> None:
             raise ValueError(f"merge.output_format=adapter: {problem}. An adapter holds the merged change "
                              f"ΔW, so it needs linear (normalized) or a task-vector method; or use "
                              f"merge.output_format=model")
+
+
+
+
+def resolve_method_options(merge_cfg: Mapping[str, Any], method: MergeMethod) -> dict[str, Any]:
+    """The method's own settings (``method_options.OPTIONS``) checked, defaults filled in; another method's
+    setting given a value is refused (it would be silently unused), and NearSwap requires ``t``."""
+    given = [k for k in OPTION_KEYS if merge_cfg.get(k) is not None]
+    foreign = foreign_option(given, method.name)
+    if foreign is not None:
+        raise ValueError(f"merge.{foreign} is a setting of merge.method={owner_of(foreign)}; "
+                         f"merge.method={method.name} does not read it (remove it)")
+    if method.kind == "nearswap" and merge_cfg.get("t") is None:
+        raise ValueError("merge.method=nearswap needs merge.t, the distance below which model 1's value is taken "
+                         "(mergekit requires it; e.g. merge.t=0.0001)")
+    options: dict[str, Any] = {}
+    for opt in OPTIONS.get(method.name, ()):
+        value = merge_cfg.get(opt.key)
+        value = opt.default if value is None else value
+        if opt.key in SCHEDULED_OPTIONS:
+            sched = parse_setting(value, f"merge.{opt.key}")
+            if not sched.has_fallback():
+                raise ValueError(f"merge.{opt.key}={value!r}: no rule without a filter, so tensors no filter "
+                                 f"matches have no {opt.key}; add a last rule {{value: X}}")
+            for v in sched.values():
+                check_option(opt, v, method.name)
+            options[opt.key] = sched
+        elif _is_setting(value):
+            raise ValueError(f"merge.{opt.key}={value!r}: a gradient or filter rules of {opt.key} are not "
+                             f"supported; give one value")
+        else:
+            options[opt.key] = check_option(opt, value, method.name)
+    return options

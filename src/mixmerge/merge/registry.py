@@ -16,7 +16,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class MergeMethod:
     name: str
-    kind: str  # "gta" (generalized task arithmetic), "linear", "slerp", "model_stock", "fisher", "correlation"
+    kind: str  # "gta" (generalized task arithmetic), "linear", "slerp", "model_stock", "fisher", "correlation", or
+    # one of mergekit's newer methods: "sce", "nuslerp", "multislerp", "karcher", "nearswap"
     sparsify: str | None = None  # None, "magnitude", "random", "della", "breadcrumbs"
     consensus: str | None = None  # None or "sum"
     default_normalize: bool = False
@@ -64,6 +65,15 @@ _ROWS = (
     # (correlation_rule.py); the row's sparsifier and consensus are the TIES it falls back to.
     MergeMethod("correlation", "correlation", "magnitude", "sum", default_normalize=True,
                 reference_url="https://arxiv.org/abs/2306.01708"),
+    # mergekit's newer methods (merge/mergekit_methods.py; their settings in merge/method_options.py)
+    MergeMethod("sce", "sce", reference_url="https://arxiv.org/abs/2408.07990"),
+    MergeMethod("nuslerp", "nuslerp", needs_base=False, min_models=2, max_models=2,
+                reference_url="https://github.com/arcee-ai/mergekit/blob/main/docs/merge_methods.md"),
+    MergeMethod("multislerp", "multislerp", needs_base=False,
+                reference_url="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea"),
+    MergeMethod("karcher", "karcher", needs_base=False, reference_url="https://arxiv.org/abs/2603.04972"),
+    MergeMethod("nearswap", "nearswap", needs_base=False, min_models=2, max_models=2,
+                reference_url="https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001"),
 )
 
 METHODS: dict[str, MergeMethod] = {row.name: row for row in _ROWS}
