@@ -242,3 +242,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         from mixmerge.merge import validate_merge_config
 
         validate_merge_config(cfg["merge"], n_models=len(cfg["task"]["tasks"]))
+        layerwise = cfg.get("layerwise") or {}
+        if layerwise.get("point") is not None:  # a layer-wise trial (hparams_search=merge_optuna_layerwise)
+            from mixmerge.sweep.layerwise import validate_layerwise
+
+            try:
+                validate_layerwise(layerwise, cfg["merge"], len(cfg["task"]["tasks"]))
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
