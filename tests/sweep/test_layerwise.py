@@ -63,12 +63,13 @@ def test_a_constant_list_equals_the_scalar(n_layers):
 
 
 def test_blocks_map_to_their_layers_and_filters_hit_attention_and_mlp():
-    n_layers, blocks = 6, 3  # blocks: layers [0, 1], [2, 3], [4, 5]
+    n_layers = 6  # three blocks: layers [0, 1], [2, 3], [4, 5]
     values = {"weight": {"attn": [0.1, 0.2, 0.3], "mlp": [0.6, 0.7, 0.8]},
               "density": {"attn": [0.25, 0.35, 0.45], "mlp": [0.65, 0.75, 0.85]}}
     params = resolve_params(lw.schedule_config({**TIES, "weight": 0.4, "density": 0.55}, values, n_layers), 2)
     for layer in range(n_layers):
         b = layer // 2
+        assert lw.block_of_layer(layer, n_layers, 3) == b
         for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"):
             p = params.for_tensor(_name(layer, part), n_layers)
             assert p.weights == pytest.approx([values["weight"]["attn"][b], 1 - values["weight"]["attn"][b]])
@@ -254,21 +255,17 @@ def test_in_memory_merge_gives_each_block_and_group_its_own_weight(tiny_base, ti
 # -- the sweeper: the space, the enqueued seed, CMA-ES ------------------------------------------------------
 
 def test_sweeper_enqueues_the_seed_first_and_cmaes_searches_the_blocks(toy):
-    toy.run("hparams_search=merge_optuna_layerwise", "merge=ties", "layerwise.blocks=3", "hydra.sweeper.n_trials=3")
-    study = toy.study("model-merge-ties-layerwise3")
-    trials = sorted(study.trials, key=lambda t: t.number)
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    common = ("hparams_search=merge_optuna_layerwise", "merge=ties", "layerwise.blocks=3")
+    toy.run(*common, "hydra.sweeper.n_trials=2")
     names = {f"+layerwise.point.{g}_{f}_{b}" for f in ("weight", "density") for g in ("attn", "mlp") for b in range(3)}
-    assert set(trials[0].params) == names and set(trials[0].params.values()) == {0.0}
-    for t in trials[1:]:
-        assert set(t.params) == names and all(-2.0 <= v <= 2.0 for v in t.params.values())
-        assert len(set(t.params.values())) == len(names)  # every block and group moved separately
-    points = [json.loads((toy.tmp / "sweep" / str(i) / "metrics.json").read_text())["config"]["layerwise"]["point"]
-              for i in range(3)]
-    assert points[0] == dict.fromkeys((n.rsplit(".", 1)[1] for n in names), 0.0)
-    assert points[1] != points[2]
-    # resumed: the seed is not enqueued again
-    toy.run("hparams_search=merge_optuna_layerwise", "merge=ties", "layerwise.blocks=3", "hydra.sweeper.n_trials=4",
-            sweep="sweep2")
     trials = sorted(toy.study("model-merge-ties-layerwise3").trials, key=lambda t: t.number)
-    assert len(trials) == 4 and set(trials[3].params.values()) != {0.0}
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2
+    assert set(trials[0].params) == names and set(trials[0].params.values()) == {0.0}  # the seed, enqueued
+    assert "cma:generation" in trials[1].system_attrs  # then CMA-ES
+    assert set(trials[1].params) == names and all(-2.0 <= v <= 2.0 for v in trials[1].params.values())
+    assert len(set(trials[1].params.values())) == len(names)  # every block and group moved separately
+    point = json.loads((toy.tmp / "sweep" / "1" / "metrics.json").read_text())["config"]["layerwise"]["point"]
+    assert point == {n.rsplit(".", 1)[1]: pytest.approx(v, abs=1e-9) for n, v in trials[1].params.items()}
+    toy.run(*common, "hydra.sweeper.n_trials=3", sweep="sweep2")  # resumed: the seed is not enqueued again
+    trials = sorted(toy.study("model-merge-ties-layerwise3").trials, key=lambda t: t.number)
+    assert len(trials) == 3 and "cma:generation" in trials[2].system_attrs
