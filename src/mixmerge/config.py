@@ -254,3 +254,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         _require((cfg["merge"].get("output_format") or "model") == "model",
                  "merge.output_format=adapter writes a peft adapter, which this strategy cannot evaluate as a "
                  "merged model; merge LoRA adapters into an adapter with strategy=merge (merge.base, merge.models)")
+        layerwise = cfg.get("layerwise") or {}
+        if layerwise.get("point") is not None:  # a layer-wise trial (hparams_search=merge_optuna_layerwise)
+            from mixmerge.sweep.layerwise import validate_layerwise
+
+            try:
+                validate_layerwise(layerwise, cfg["merge"], len(cfg["task"]["tasks"]))
+            except ValueError as err:
+                raise ConfigError(str(err)) from None

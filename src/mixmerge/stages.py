@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class Variant:
     key: str
     load: Callable[[], Any] | None = field(default=None, compare=False)
     tokenizer: Path | None = None  # defaults to ``path``
+    # What metrics.json records beside the variant's metrics (a layer-wise merge: its per-block values).
+    details: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
 def ensure_base(cfg: Mapping[str, Any], store: ArtifactStore) -> BaseModel:
@@ -208,13 +210,15 @@ def ensure_merged(cfg, store: ArtifactStore, base: BaseModel, specialists: Seque
     ``merge=fisher`` compute each specialist's Fisher (``ensure_fisher``) when no ``fisher_paths`` are given.
     """
     merge_cfg, fisher_keys = _with_fisher(cfg, store, specialists, task_data)
+    merge_cfg, details = _with_layerwise(cfg, merge_cfg, store, base, specialists)
     cfg = {**cfg, "merge": merge_cfg}
     key_config, inputs = merge_config_for_key(merge_cfg), merge_inputs(base, specialists)
     if fisher_keys:
         key_config.pop("fisher_paths")
         inputs.update(fisher_keys)
     if in_memory:
-        return _merged_in_memory(cfg, base, specialists, content_key("merged", key_config, inputs))
+        variant = _merged_in_memory(cfg, base, specialists, content_key("merged", key_config, inputs))
+        return replace(variant, details=details)
     from mixmerge.merge import merge_folders
 
     def build(work: Path) -> dict:
@@ -222,7 +226,47 @@ def ensure_merged(cfg, store: ArtifactStore, base: BaseModel, specialists: Seque
         return {"merge_seconds": report["time_s"]}
 
     art = store.get_or_build("merged", key_config, build, inputs=inputs, label=f"merged ({merge_cfg['method']})")
-    return Variant("merged", art.path, art.key)
+    return Variant("merged", art.path, art.key, details=details)
+
+
+def ensure_delta_norms(store: ArtifactStore, base: BaseModel, specialists: Sequence[Variant]) -> dict:
+    """Each specialist's delta L2 per (layer, module type), from the analysis (``analyze_models``, no pairs),
+    cached by the base and the specialists: a layer-wise sweep measures them once, every trial reads them."""
+    from mixmerge.analysis import analyze_models
+
+    def build(work: Path) -> dict:
+        result = analyze_models(base.path, {v.name: v.path for v in specialists}, pairs=[])
+        write_json_atomic(work / "norms.json", {"models": result.models, "num_layers": result.num_layers,
+                                                "norm_rows": result.norm_rows})
+        return {}
+
+    art = store.get_or_build("delta_norms", {"statistic": "l2 per layer and module type"}, build,
+                             inputs=merge_inputs(base, specialists), label="delta norms of the specialists")
+    return json.loads((art.path / "norms.json").read_text())
+
+
+def _with_layerwise(cfg, merge_cfg: dict, store: ArtifactStore, base: BaseModel,
+                    specialists: Sequence[Variant]) -> tuple[dict, dict | None]:
+    """A layer-wise trial (``layerwise.point`` set, ``hparams_search=merge_optuna_layerwise``): the merge
+    config with per-block weights and densities seeded from the specialists' delta-norm shares, and its
+    record; otherwise the merge config unchanged."""
+    layerwise = cfg.get("layerwise") or {}
+    if layerwise.get("point") is None:
+        return merge_cfg, None
+    from mixmerge.merge.validate import read_config
+    from mixmerge.sweep.layerwise import block_shares, layerwise_merge, validate_layerwise
+
+    validate_layerwise(layerwise, merge_cfg, len(specialists))
+    n_layers = int((read_config(base.path) or {}).get("num_hidden_layers") or 0)
+    if n_layers < 1:
+        raise ValueError(f"the base {base.path} has no num_hidden_layers in its config.json: a layer-wise merge "
+                         "needs the number of layers")
+    norms = ensure_delta_norms(store, base, specialists)
+    shares = block_shares(norms["norm_rows"], [v.name for v in specialists], n_layers, int(layerwise["blocks"]))
+    merged_cfg, record = layerwise_merge(merge_cfg, layerwise, shares, n_layers)
+    log.info("layer-wise merge: codegen weights %s%s", record["weight"],
+             f", densities {record['density']}" if "density" in record else "")
+    return merged_cfg, {"layerwise": record}
 
 
 def _merged_in_memory(cfg, base: BaseModel, specialists: Sequence[Variant], key: str) -> Variant:

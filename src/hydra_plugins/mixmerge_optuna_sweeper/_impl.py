@@ -138,6 +138,9 @@ class OptunaSweeperImpl(Sweeper):
                             for c in [*(chosen.get("constraints") or []), *(constraints or [])]]
         self.domains = {str(k): [float(x) for x in v]
                         for k, v in {**(chosen.get("domains") or {}), **(domains or {})}.items()}
+        # Points to run first (a space's seed, e.g. the layer-wise search's analysis-derived merge); each is
+        # enqueued once per study, so a resumed study does not run it again.
+        self.enqueue = [{str(k): v for k, v in point.items()} for point in (chosen.get("enqueue") or [])]
         self.promotion = None if promotion is None else PromotionConfig(
             **OmegaConf.to_container(promotion, resolve=True) if OmegaConf.is_config(promotion) else promotion)
         self.stale_after_s = stale_after_s
@@ -182,6 +185,9 @@ class OptunaSweeperImpl(Sweeper):
             n_trials = min(n_trials, len(points))
             self._enqueue_missing(study, points)
             specs = [sp.ParamSpec(s.name, "categorical", choices=tuple(sp.grid_values(s))) for s in specs]
+        elif self.enqueue:
+            sp.check_points(specs, self.enqueue)
+            self._enqueue_missing(study, self.enqueue)
         returns = self._run_stage(study, n_trials, specs, fixed + cheap, job_offset=0,
                                   grid=sampler_name == "grid")
 

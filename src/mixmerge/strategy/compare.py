@@ -267,6 +267,9 @@ def run(cfg: Mapping[str, Any], *, store: ArtifactStore, run_dir: Path, tracker:
         artifacts = [str(v.path) if v.path else f"in-memory:{v.key}" for v in runs.values()]
         results[name] = {"metrics": dict(measured[name].metrics),
                          "artifact": artifacts[0] if len(artifacts) == 1 else artifacts, **(extra or {})}
+        details = [v.details for v in runs.values() if v.details]
+        if details:  # e.g. a layer-wise merge's per-block weights (one entry per training seed)
+            results[name]["details"] = details[0] if len(details) == 1 else details
         tracker.log_metrics({f"{name}/{k}": val for k, val in measured[name].metrics.items()})
     comparisons, verdict, degradation = [], {}, {}
     if evaluate:

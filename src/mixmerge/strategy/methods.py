@@ -43,7 +43,9 @@ from mixmerge.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_KEYS = ("merge", "grid", "search", "n_trials")
+CANDIDATE_KEYS = ("merge", "grid", "search", "n_trials", "layerwise")
+# The layer-wise search's defaults (hparams_search=merge_optuna_layerwise's): K blocks, logit offset ranges.
+LAYERWISE_DEFAULTS = {"blocks": 4, "weight_range": 2.0, "density_range": 2.0}
 SEARCHES = ("layerwise",)
 GENERATIVE_PARTS = ("humaneval", "mbpp", "humaneval_plus", "mbpp_plus", "codesum")
 
@@ -90,8 +92,19 @@ def plan_candidates(strategy_cfg: Mapping[str, Any], global_merge: Mapping[str, 
                 validate_merge_config(p, n_models=n_models)
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from err
+        layerwise = {**LAYERWISE_DEFAULTS, **dict(entry.get("layerwise") or {})}
+        if search == "layerwise":
+            from mixmerge.sweep.layerwise import block_space, validate_layerwise
+
+            try:  # the space (blocks, ranges, method) and the all-zero seed point as a trial would see it
+                seed = block_space(blocks=layerwise["blocks"], method=merge["method"],
+                                   weight_range=layerwise["weight_range"], density_range=layerwise["density_range"])
+                point = {k.rsplit(".", 1)[1]: v for k, v in seed["enqueue"][0].items()}
+                validate_layerwise({**layerwise, "point": point}, merge, n_models)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from err
         plan.append({"name": str(name), "points": points, "search": search, "n_trials": n_trials,
-                     "uniform": bool(grid)})
+                     "uniform": bool(grid), "layerwise": layerwise})
     if not plan:
         raise ValueError("strategy.candidates: every candidate is null; keep at least one")
     return plan
@@ -219,22 +232,51 @@ def plot_methods(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     return out
 
 
-def _select(cfg, store: ArtifactStore, base, specialists, tasks, valid, candidate: Mapping, sel_cfg) -> tuple[dict, list[dict]]:
-    """The candidate's merge config chosen on validation, and every point's validation score."""
+def _select(cfg, store: ArtifactStore, base, specialists, tasks, valid, candidate: Mapping, sel_cfg
+            ) -> tuple[dict, list[dict]]:
+    """The candidate's chosen config overrides (``merge``, and ``layerwise`` for a search) picked on
+    validation, and every point's or trial's validation score."""
     if candidate["search"] == "layerwise":
-        from mixmerge.sweep.layerwise import search_layerwise
-
-        return search_layerwise(cfg, store, base, specialists, tasks, candidate["points"][0],
-                                n_trials=candidate["n_trials"], score=lambda m: _score(cfg, store, m, valid, sel_cfg))
+        return _search_layerwise(cfg, store, base, specialists, tasks, valid, candidate, sel_cfg)
     if len(candidate["points"]) == 1:
-        return candidate["points"][0], []
+        return {"merge": candidate["points"][0]}, []
     scored = []
     for point in candidate["points"]:
         merged = ensure_merged({**cfg, "merge": point}, store, base, specialists, task_data=tasks,
                                in_memory=_in_memory(cfg, point))
         scored.append({"merge": point, "validation": _score(cfg, store, merged, valid, sel_cfg)})
     best = max(scored, key=lambda s: s["validation"])
-    return best["merge"], scored
+    return {"merge": best["merge"]}, scored
+
+
+def _search_layerwise(cfg, store: ArtifactStore, base, specialists, tasks, valid, candidate: Mapping, sel_cfg
+                      ) -> tuple[dict, list[dict]]:
+    """``n_trials`` of CMA-ES over the per-block offsets (``sweep/layerwise.py``), in memory, in this process:
+    trial 0 is the analysis-derived seed (all offsets 0), each trial scored on validation."""
+    import optuna
+
+    from mixmerge.sweep.layerwise import block_space
+
+    merge, lw = candidate["points"][0], candidate["layerwise"]
+    space = block_space(blocks=lw["blocks"], method=merge["method"], weight_range=lw["weight_range"],
+                        density_range=lw["density_range"])
+    names = [k.rsplit(".", 1)[1] for k in space["params"]]  # e.g. attn_weight_0: group, field, block
+    ranges = {name: float(lw[f"{name.split('_')[1]}_range"]) for name in names}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.CmaEsSampler(seed=int(cfg["seed"]), warn_independent_sampling=False)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.enqueue_trial({name: 0.0 for name in ranges})
+    scored = []
+    for _ in range(candidate["n_trials"]):
+        trial = study.ask()
+        point = {name: trial.suggest_float(name, -r, r) for name, r in ranges.items()}
+        overrides = {"merge": merge, "layerwise": {**lw, "point": point}}
+        merged = ensure_merged({**cfg, **overrides}, store, base, specialists, task_data=tasks, in_memory=True)
+        value = _score(cfg, store, merged, valid, sel_cfg)
+        study.tell(trial, value)
+        scored.append({**overrides, "validation": value, "details": merged.details})
+    best = max(scored, key=lambda s: s["validation"])
+    return {"merge": merge, "layerwise": best["layerwise"]}, scored
 
 
 def _score(cfg, store, variant: Variant, valid, sel_cfg) -> float:
@@ -274,15 +316,16 @@ def run(cfg: Mapping[str, Any], *, store: ArtifactStore, run_dir: Path, tracker:
         chosen, scored = _select(cfg, store, base, specialists, tasks, valid, candidate, sel_cfg)
         name = f"merged/{candidate['name']}"
         grid_keys = sorted({k for p in candidate["points"] for k in p if any(p[k] != q.get(k) for q in candidate["points"])})
-        selected[name] = _describe_point(chosen, grid_keys) if candidate["uniform"] else (
-            f"{len(scored)} trials" if scored else "")
+        selected[name] = (_describe_point(chosen["merge"], grid_keys) if candidate["uniform"]
+                          else f"best of {len(scored)} trials" if scored else "")
         selection[name] = {"chosen": chosen, "scored": scored, "seconds": time.perf_counter() - started}
-        merged = ensure_merged({**cfg, "merge": chosen}, store, base, specialists, task_data=tasks,
-                               in_memory=_in_memory(cfg, chosen))
+        merged = ensure_merged({**cfg, **chosen}, store, base, specialists, task_data=tasks,
+                               in_memory=_in_memory(cfg, chosen["merge"]) or "layerwise" in chosen)
         variants.append(replace(merged, name=name))
         if candidate["uniform"]:
             uniform.append(name)
-        log.info("%s: chose %s in %.0f s", name, selected[name] or chosen["method"], selection[name]["seconds"])
+        log.info("%s: chose %s in %.0f s", name, selected[name] or chosen["merge"]["method"],
+                 selection[name]["seconds"])
     # The reference "best uniform merge" is chosen on validation too, not on the test items it is compared on.
     reference = (max(uniform, key=lambda n: max(s["validation"] for s in selection[n]["scored"]) if selection[n]["scored"]
                      else -math.inf) if uniform else None)

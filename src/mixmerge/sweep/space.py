@@ -202,3 +202,22 @@ def suggest_params(trial: Any, specs: Sequence[ParamSpec], constraints: Sequence
                 high = spec.low + math.floor((high - spec.low) / step + 1e-9) * step
             values[spec.name] = trial.suggest_float(spec.name, float(spec.low), high, step=step, log=spec.log)
     return values
+
+
+def check_points(specs: Sequence[ParamSpec], points: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse a point to enqueue that does not give every searched parameter a value inside its range."""
+    names = {s.name for s in specs}
+    for point in points:
+        if set(point) != names:
+            raise SearchSpaceError(
+                f"hydra.sweeper enqueue point {dict(point)} must name exactly the searched parameters {sorted(names)}; "
+                f"missing {sorted(names - set(point))}, unknown {sorted(set(point) - names)}")
+        for spec in specs:
+            value = point[spec.name]
+            if spec.kind == "categorical":
+                ok = value in spec.choices
+            else:
+                ok = isinstance(value, int | float) and not isinstance(value, bool) and spec.low <= value <= spec.high
+            if not ok:
+                raise SearchSpaceError(f"hydra.sweeper enqueue point: {spec.name}={value!r} is outside its searched "
+                                       f"range; widen hydra.sweeper.params.{spec.name} or change the point")
