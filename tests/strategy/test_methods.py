@@ -45,6 +45,15 @@ def test_plan_candidates_expands_grids_and_names_bad_fields():
         M.plan_candidates({"candidates": {"x": {"merge": {"method": "tie"}}}}, {}, 2)
 
 
+def test_a_layerwise_candidate_is_checked_before_any_training():
+    strategy = {"candidates": {"lw": {"merge": {"method": "slerp"}, "search": "layerwise", "n_trials": 2}}}
+    with pytest.raises(ValueError, match=r"strategy.candidates.lw: .*layer-wise search sets per-block weights"):
+        M.plan_candidates(strategy, {}, 2)
+    strategy = {"candidates": {"lw": {"merge": {"method": "ties", "density": 0.5}, "search": "layerwise"}}}
+    with pytest.raises(ValueError, match="a search needs at least 1 trial"):
+        M.plan_candidates(strategy, {}, 2)
+
+
 def test_a_bad_candidate_stops_the_run_before_any_training(compose_cfg):
     cfg = compose_cfg("strategy=methods", "+strategy.candidates.bad.merge.method=ties",
                       "+strategy.candidates.bad.grid.weight=[2.0]")
@@ -92,16 +101,22 @@ def test_methods_runs_selects_on_validation_and_writes_table_json_and_figure(com
     from mixmerge.strategy.methods import run
 
     cfg = compose_cfg("strategy=methods", "strategy.candidates.dare=null", "strategy.candidates.della=null",
-                      "strategy.candidates.ties.grid.weight=[0.2,0.8]", "strategy.candidates.linear.grid.weight=[0.5]")
+                      "strategy.candidates.ties.grid.weight=[0.2,0.8]", "strategy.candidates.linear.grid.weight=[0.5]",
+                      "strategy.candidates.layerwise.layerwise.blocks=2", "strategy.candidates.layerwise.n_trials=2")
     validate_config(cfg)
     objective, run_dir = run_strategy(run, cfg)
     record = json.loads((run_dir / "methods.json").read_text())
     assert set(record["variants"]) == {"base", "specialist/codegen", "specialist/codesum", "mixture",
-                                       "merged/linear", "merged/ties", "merged/fisher"}
+                                       "merged/linear", "merged/ties", "merged/fisher", "merged/correlation",
+                                       "merged/layerwise"}
+    search = record["selection"]["merged/layerwise"]
+    assert len(search["scored"]) == 2 and set(search["scored"][0]["layerwise"]["point"].values()) == {0.0}
+    assert search["scored"][1]["layerwise"]["point"] != search["scored"][0]["layerwise"]["point"]
+    assert search["chosen"]["layerwise"] == max(search["scored"], key=lambda s: s["validation"])["layerwise"]
     ties = record["selection"]["merged/ties"]
     assert [s["merge"]["weight"] for s in ties["scored"]] == [0.2, 0.8]
     best = max(ties["scored"], key=lambda s: s["validation"])
-    assert ties["chosen"]["weight"] == best["merge"]["weight"]
+    assert ties["chosen"]["merge"]["weight"] == best["merge"]["weight"]
     assert record["best_uniform"] in ("merged/linear", "merged/ties")
     rows = {r["variant"]: r for r in record["candidates"]}
     assert rows[record["best_uniform"]]["vs_best_uniform"] is None
