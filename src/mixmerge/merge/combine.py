@@ -53,6 +53,7 @@ def merge_whole(
     *,
     fishers: Sequence[torch.Tensor] | None = None,
     n_layers: int = 1,
+    grams: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The methods that combine whole weights rather than sparsified task vectors (linear, slerp,
     model_stock, fisher): the one dispatch on ``method.kind`` that both engines call."""
@@ -67,6 +68,10 @@ def merge_whole(
         if fishers is None:
             params.require_fisher_paths(len(models))  # raises: names the field and the fix
         return K.fisher_weighted_average(models, fishers, params.weights, params.fisher_floor)
+    if kind == "regmean":  # grams: this tensor's per-model Grams; None for tensors without (averaged)
+        from mixmerge.merge.regmean import regmean_tensor
+
+        return regmean_tensor(models, grams, params.weights, params.alpha)
     raise ValueError(f"merge kind {kind!r} of method {params.method.name!r} has no whole-weight kernel")
 
 
@@ -79,10 +84,11 @@ def merge_tensor(
     fishers: Sequence[torch.Tensor] | None = None,
     n_layers: int = 1,
     with_stats: bool = True,
+    grams: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, K.KernelStats | None]:
     """Merge one tensor; returns the float32 result and (for task-vector methods) its diagnostics."""
     if params.method.kind != "gta":
-        return merge_whole(tensor_name, base, models, params, fishers=fishers, n_layers=n_layers), None
+        return merge_whole(tensor_name, base, models, params, fishers=fishers, n_layers=n_layers, grams=grams), None
     base32 = base.float()
     stacked = sparsify_stack(tensor_name, [K.task_vector(m, base32) for m in models], params)
     stats = K.delta_stats(stacked) if with_stats else None

@@ -60,6 +60,10 @@ _ROWS = (
                 reference_url="https://en.wikipedia.org/wiki/Slerp"),
     MergeMethod("model_stock", "model_stock", min_models=2, reference_url="https://arxiv.org/abs/2403.19522"),
     MergeMethod("fisher", "fisher", needs_base=False, reference_url="https://arxiv.org/abs/2111.09832"),
+    # RegMean's closed form per linear layer (merge/regmean.py) from Gram matrices (merge/gram.py); RegMean++
+    # differs only in its Grams (inputs from the merged model's earlier layers).
+    MergeMethod("regmean", "regmean", needs_base=False, reference_url="https://arxiv.org/abs/2212.09849"),
+    MergeMethod("regmean_plus", "regmean", needs_base=False, reference_url="https://arxiv.org/abs/2508.03121"),
 )
 
 METHODS: dict[str, MergeMethod] = {row.name: row for row in _ROWS}
