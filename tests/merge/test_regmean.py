@@ -261,3 +261,14 @@ def test_regmean_plus_merges_block_by_block_on_the_merged_models_hidden_states(t
             torch.testing.assert_close(merged.get(n), state[n], rtol=1e-6, atol=1e-7)
     for s in sources:
         s.close()
+
+
+def test_standalone_merge_command_refuses_regmean_without_grams_at_the_config_check():
+    from mixmerge.config import ConfigError, validate_config
+    from tests.test_config import _compose
+
+    io = ["strategy=merge", "merge.base=/b", "merge.models=[/x,/y]", "merge.output=/o"]
+    for method in ("regmean", "regmean_plus"):
+        with pytest.raises(ConfigError, match=rf"merge={method} needs merge.gram_paths=.*strategy=compare"):
+            validate_config(_compose([*io, f"merge={method}"]))
+        validate_config(_compose([*io, f"merge={method}", "merge.gram_paths=[/gx,/gy]"]))
