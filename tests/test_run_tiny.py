@@ -216,7 +216,7 @@ def test_regmean_plus_merge_takes_its_grams_from_the_merged_layers_and_reuses_th
     merged = json.loads((tmp_path / "plus1" / "metrics.json").read_text())["variants"]["merged"]["metrics"]
     assert 5.0 < merged["codegen/loss"] < 12.0
     # another output dtype: a new merge from the same Grams
-    _run(tmp_path, "plus2", "merge=regmean_plus", "merge.gram_batches=2", "merge.out_dtype=bfloat16",
+    _run(tmp_path, "plus2", "merge=regmean_plus", "merge.gram_batches=2", "merge.dtype=bfloat16",
          "analysis.enabled=false")
     log = (tmp_path / "plus2" / "run.log").read_text()
     assert "cache hit: RegMean++ Grams of" in log and "cache miss: building RegMean++" not in log
