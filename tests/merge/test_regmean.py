@@ -106,6 +106,8 @@ def test_other_tensors_are_averaged_and_bad_settings_refused():
         resolve_params({"method": "regmean", "weights": [1.0, -0.5]}, 2)
     with pytest.raises(ValueError, match="gram_paths"):
         resolve_params({"method": "regmean", "gram_paths": ["a"]}, 2)
+    with pytest.raises(ValueError, match="merge.gram_batches=0"):
+        resolve_params({"method": "regmean", "gram_batches": 0}, 2)
 
 
 def _batches(seed, n=3, pad_last=True):

@@ -395,6 +395,10 @@ def _regmean_settings(merge_cfg: Mapping[str, Any], method: MergeMethod, weights
     paths = merge_cfg.get("gram_paths")
     if paths is not None and (isinstance(paths, str) or len(paths) != n_models):
         raise ValueError(f"merge.gram_paths={paths!r} must list one Gram folder per model ({n_models})")
+    batches = merge_cfg.get("gram_batches")
+    if batches is not None and (not isinstance(batches, int) or isinstance(batches, bool) or batches < 1):
+        raise ValueError(f"merge.gram_batches={batches!r} must be a positive integer (batches of each specialist's "
+                         f"task data that estimate its Grams), e.g. merge.gram_batches=32")
     if method.kind == "regmean" and (any(w < 0 for w in weights) or sum(weights) <= 0):
         raise ValueError(f"merge.weights={weights} for {method.name} must be non-negative with a positive sum "
                          f"(they weight each specialist's squared error)")
