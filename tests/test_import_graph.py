@@ -145,6 +145,8 @@ def test_merge_package_layers():
         {"config_group", "engine", "in_memory"},
         {"standalone", "__init__"},
     ]
+    order[1].add("regmean")  # RegMean's closed form: pure, beside the kernels
+    order[2].add("gram")  # its statistics (runs models), beside fisher
     rank = {name: i for i, names in enumerate(order) for name in names}
     graph = import_graph()
     merge = {m: t for m, t in graph.items() if m == "mixmerge.merge" or m.startswith("mixmerge.merge.")}
