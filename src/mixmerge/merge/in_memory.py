@@ -127,7 +127,8 @@ class InMemoryMerger:
             for name, base in self.base.items():
                 per_model = [g.get(name).to(self.device) for g in grams] if name in grams[0] else None
                 models = [base + d for d in self.deltas[name]]
-                yield name, merge_whole(name, base, models, params, grams=per_model, n_layers=self.n_layers), None
+                tp = params.for_tensor(name, self.n_layers)  # layer gradients and filters evaluated here
+                yield name, merge_whole(name, base, models, tp, grams=per_model, n_layers=self.n_layers), None
         finally:
             for g in grams:
                 g.close()
