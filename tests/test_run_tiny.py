@@ -199,7 +199,8 @@ def test_regmean_merge_computes_each_specialists_grams_once_from_the_cache(first
             "layer_0000.safetensors", "layer_0001.safetensors"], m["files"]
     merged = json.loads((tmp_path / "regmean1" / "metrics.json").read_text())["variants"]["merged"]["metrics"]
     assert 5.0 < merged["codegen/loss"] < 12.0
-    _run(tmp_path, "regmean2", "merge=regmean", "merge.gram_batches=2", "merge.alpha=0.5", "analysis.enabled=false")
+    _run(tmp_path, "regmean2", "merge=regmean", "merge.gram_batches=2", "merge.alpha=0.5", "analysis.enabled=false",
+         "eval=none")  # the merge alone
     log = (tmp_path / "regmean2" / "run.log").read_text()
     assert "cache hit: Grams of specialist/codegen" in log and "cache hit: Grams of specialist/codesum" in log
     assert "cache miss: building Grams" not in log and "cache miss: building merged (regmean)" in log
@@ -217,7 +218,7 @@ def test_regmean_plus_merge_takes_its_grams_from_the_merged_layers_and_reuses_th
     assert 5.0 < merged["codegen/loss"] < 12.0
     # another output dtype: a new merge from the same Grams
     _run(tmp_path, "plus2", "merge=regmean_plus", "merge.gram_batches=2", "merge.dtype=bfloat16",
-         "analysis.enabled=false")
+         "analysis.enabled=false", "eval=none")
     log = (tmp_path / "plus2" / "run.log").read_text()
     assert "cache hit: RegMean++ Grams of" in log and "cache miss: building RegMean++" not in log
     assert "cache miss: building merged (regmean_plus)" in log
