@@ -149,6 +149,8 @@ def test_merge_package_layers():
     ]
     order[2] |= {"lora_merge", "lora_io"}  # LoRA-native merging: ΔW math and adapter I/O
     order[3] |= {"lora_engine"}
+    order[1].add("regmean")  # RegMean's closed form: pure, beside the kernels
+    order[2].add("gram")  # its statistics (runs models), beside fisher
     rank = {name: i for i, names in enumerate(order) for name in names}
     graph = import_graph()
     merge = {m: t for m, t in graph.items() if m == "mixmerge.merge" or m.startswith("mixmerge.merge.")}

@@ -178,3 +178,51 @@ def test_fisher_merge_computes_each_specialists_fisher_once_from_the_cache(first
          "analysis.enabled=false")
     log = (tmp_path / "fisher2" / "run.log").read_text()
     assert "cache hit: Fisher of specialist/codegen" in log and "cache miss: building merged (fisher)" in log
+
+
+def _manifest(tmp_path, kind: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((tmp_path / "cache" / kind).glob("*/manifest.json"))]
+
+
+def test_regmean_merge_computes_each_specialists_grams_once_from_the_cache(first_run):
+    """`merge=regmean` under strategy=compare: each specialist's Grams on its own training data are computed
+    once (one file per block), cached, and reused by the next RegMean merge (another alpha)."""
+    tmp_path, _ = first_run
+    _run(tmp_path, "regmean1", "merge=regmean", "merge.gram_batches=2", "analysis.enabled=false")
+    log = (tmp_path / "regmean1" / "run.log").read_text()
+    for name in ("specialist/codegen", "specialist/codesum"):
+        assert f"cache miss: building Grams of {name}" in log, name
+    grams = _manifest(tmp_path, "gram")
+    assert len(grams) == 2 and all(m["batches"] == 2 for m in grams)
+    for m in grams:  # the tiny model's 2 blocks: one file each
+        assert sorted(Path(f).name for f in m["files"] if f.endswith(".safetensors")) == [
+            "layer_0000.safetensors", "layer_0001.safetensors"], m["files"]
+    merged = json.loads((tmp_path / "regmean1" / "metrics.json").read_text())["variants"]["merged"]["metrics"]
+    assert 5.0 < merged["codegen/loss"] < 12.0
+    _run(tmp_path, "regmean2", "merge=regmean", "merge.gram_batches=2", "merge.alpha=0.5", "analysis.enabled=false",
+         "eval=none")  # the merge alone
+    log = (tmp_path / "regmean2" / "run.log").read_text()
+    assert "cache hit: Grams of specialist/codegen" in log and "cache hit: Grams of specialist/codesum" in log
+    assert "cache miss: building Grams" not in log and "cache miss: building merged (regmean)" in log
+    assert len(_manifest(tmp_path, "gram")) == 2
+    times = [m["merge_seconds"] for m in _manifest(tmp_path, "merged") if m["config"]["method"] == "regmean"]
+    print(f"RegMean on model=tiny: Grams {[m['gram_seconds'] for m in grams]} s per specialist, merges {times} s")
+
+
+def test_regmean_plus_merge_takes_its_grams_from_the_merged_layers_and_reuses_them(first_run):
+    tmp_path, _ = first_run
+    _run(tmp_path, "plus1", "merge=regmean_plus", "merge.gram_batches=2", "analysis.enabled=false")
+    log = (tmp_path / "plus1" / "run.log").read_text()
+    assert "cache miss: building RegMean++ Grams of specialist/codegen, specialist/codesum" in log
+    merged = json.loads((tmp_path / "plus1" / "metrics.json").read_text())["variants"]["merged"]["metrics"]
+    assert 5.0 < merged["codegen/loss"] < 12.0
+    # another output dtype: a new merge from the same Grams
+    _run(tmp_path, "plus2", "merge=regmean_plus", "merge.gram_batches=2", "merge.dtype=bfloat16",
+         "analysis.enabled=false", "eval=none")
+    log = (tmp_path / "plus2" / "run.log").read_text()
+    assert "cache hit: RegMean++ Grams of" in log and "cache miss: building RegMean++" not in log
+    assert "cache miss: building merged (regmean_plus)" in log
+    plus = _manifest(tmp_path, "gram_plus")
+    assert len(plus) == 1
+    times = [m["merge_seconds"] for m in _manifest(tmp_path, "merged") if m["config"]["method"] == "regmean_plus"]
+    print(f"RegMean++ on model=tiny: Grams {plus[0]['gram_seconds']} s, merges {times} s")

@@ -213,6 +213,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         from mixmerge.merge import validate_merge_config
 
         validate_merge_config(cfg["merge"], n_models=len(cfg["merge"].get("models") or []) or None)
+        _require_standalone_statistics(cfg["merge"])
         return
     validate_model(cfg["model"])
     if strategy["name"] == "methods":
@@ -262,3 +263,19 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
                 validate_layerwise(layerwise, cfg["merge"], len(cfg["task"]["tasks"]))
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+
+
+def _require_standalone_statistics(merge_cfg: Mapping[str, Any]) -> None:
+    """The data-aware methods (RegMean, RegMean++) need their statistics given in a standalone merge: it has no
+    task data to compute them from."""
+    from mixmerge.merge.registry import get_method
+
+    method = merge_cfg.get("method")
+    if method is not None and get_method(str(method)).kind == "regmean":
+        _require(bool(merge_cfg.get("gram_paths")),
+                 f"strategy=merge merge={method} needs merge.gram_paths='[GRAMS_A,GRAMS_B]': one folder of Gram "
+                 f"matrices per model, each of that model's linear-layer inputs on its own task data "
+                 f"(mixmerge.merge.gram.compute_grams"
+                 f"{'; RegMean++: compute_regmean_plus_grams' if method == 'regmean_plus' else ''}). The standalone "
+                 f"merge has no task data; strategy=compare computes and caches them from the specialists' training "
+                 f"data")

@@ -200,6 +200,119 @@ def _with_fisher(cfg, store: ArtifactStore, specialists: Sequence[Variant],
     return merge_cfg, {f.name: f.key for f in fishers}
 
 
+def _gram_batches(cfg, specialist_path: Path | None, splits) -> tuple[list[dict], dict]:
+    """``merge.gram_batches`` batches of ``finetune.batch_size`` examples of a task's training data, tokenized
+    as in training (input_ids, attention_mask), and what they depend on (for the cache key)."""
+    from mixmerge.data.datamodule import collate_rows
+    from mixmerge.data.tasks import cap
+    from mixmerge.data.tokenize import tokenize_example
+
+    n_batches = int(cfg["merge"].get("gram_batches") or 32)
+    batch_size, max_length = int(cfg["finetune"]["batch_size"]), int(cfg["finetune"]["max_length"])
+    style = cfg["model"]["prompt_style"]
+    key = {"data": splits.key, "batches": n_batches, "batch_size": batch_size, "max_length": max_length,
+           "prompt_style": style, "seed": cfg["seed"]}
+    if specialist_path is None:  # planning: the key only
+        return [], key
+    tokenizer = load_tokenizer(specialist_path)
+    rows = [tokenize_example(ex, tokenizer, style, max_length)
+            for ex in cap(list(splits.train), n_batches * batch_size, seed=cfg["seed"])]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches = []
+    for i in range(0, len(rows), batch_size):
+        b = collate_rows(rows[i:i + batch_size], pad_id=pad)
+        batches.append({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]})
+    return batches, key
+
+
+def ensure_gram(cfg, store: ArtifactStore, specialist: Variant, splits) -> Variant:
+    """RegMean's Gram matrices of ``specialist``'s linear-layer inputs on its own task's training data
+    (``merge/gram.py``: block by block, one file per block), cached by the specialist, the data and the number
+    of batches: computed once, reused by every merge, sweep and round."""
+    from mixmerge.merge.gram import compute_grams
+
+    _, key_config = _gram_batches(cfg, None, splits)
+
+    def build(work: Path) -> dict:
+        import time
+
+        batches, _ = _gram_batches(cfg, specialist.path, splits)
+        t0 = time.perf_counter()
+        compute_grams(load_model(specialist.path, dtype="float32"), batches, work / "grams")
+        return {"examples": sum(len(b["input_ids"]) for b in batches), "batches": len(batches),
+                "gram_seconds": round(time.perf_counter() - t0, 3)}
+
+    art = store.get_or_build("gram", key_config, build, inputs={"model": specialist.key},
+                             label=f"Grams of {specialist.name}")
+    return Variant(f"gram/{specialist.name}", art.path / "grams", art.key)
+
+
+def ensure_regmean_plus_grams(cfg, store: ArtifactStore, base: BaseModel, specialists: Sequence[Variant],
+                              splits: Sequence[Any]) -> list[Variant]:
+    """RegMean++'s Grams (``merge/gram.py``, ``compute_regmean_plus_grams``): each specialist's layer inputs
+    taken from the merged model's earlier layers, so they depend on the merge's alpha and weights too;
+    cached by the specialists, their data, the batches and those settings."""
+    from mixmerge.merge import resolve_params
+    from mixmerge.merge.combine import merge_whole
+    from mixmerge.merge.gram import compute_regmean_plus_grams
+    from mixmerge.merge.io import SafetensorsFolder, open_source
+
+    merge_cfg = cfg["merge"]
+    keys = [_gram_batches(cfg, None, s)[1] for s in splits]
+    key_config = {"data": keys, "alpha": merge_cfg.get("alpha"), "weight": merge_cfg.get("weight"),
+                  "weights": merge_cfg.get("weights")}
+    names = [f"model_{i}" for i in range(len(specialists))]
+
+    def build(work: Path) -> dict:
+        import time
+
+        params = resolve_params({k: v for k, v in merge_cfg.items() if k != "gram_paths"}, len(specialists))
+        data = [_gram_batches(cfg, v.path, s)[0] for v, s in zip(specialists, splits, strict=True)]
+        work_model = load_model(base.path, dtype="float32")
+        n_layers = int(work_model.config.num_hidden_layers)
+        base_src = SafetensorsFolder(base.path)
+        sources = [open_source(Path(v.path), base_src) for v in specialists]
+        t0 = time.perf_counter()
+        try:
+            compute_regmean_plus_grams(
+                work_model, sources, data,
+                lambda n, ts, gs: merge_whole(n, None, ts, params.for_tensor(n, n_layers), grams=gs, n_layers=n_layers),
+                [work / n for n in names])
+        finally:
+            for src in [base_src, *sources]:
+                src.close()
+        return {"batches": [len(d) for d in data], "gram_seconds": round(time.perf_counter() - t0, 3)}
+
+    inputs = {"base": base.key, **{v.name: v.key for v in specialists}}
+    art = store.get_or_build("gram_plus", key_config, build, inputs=inputs,
+                             label=f"RegMean++ Grams of {', '.join(v.name for v in specialists)}")
+    return [Variant(f"gram_plus/{v.name}", art.path / n, art.key) for v, n in zip(specialists, names, strict=True)]
+
+
+def _with_grams(cfg, store: ArtifactStore, base: BaseModel, specialists: Sequence[Variant],
+                task_data: Mapping[str, Any] | None) -> tuple[dict, dict[str, str]]:
+    """``merge=regmean``/``regmean_plus`` without ``merge.gram_paths``: the cached Grams fill them; the merge
+    key then depends on the Gram artifacts' keys, not on where the cache lies."""
+    from mixmerge.merge.registry import get_method
+
+    merge_cfg = dict(cfg["merge"])
+    method = merge_cfg.get("method")
+    if method is None or get_method(str(method)).kind != "regmean" or merge_cfg.get("gram_paths"):
+        return merge_cfg, {}
+    tasks = [v.name.removeprefix("specialist/") for v in specialists]
+    if task_data is None or any(not v.name.startswith("specialist/") or t not in task_data
+                                for v, t in zip(specialists, tasks, strict=True)):
+        raise ValueError(f"merge={method} needs each merged model's Gram matrices: merge.gram_paths (one folder per "
+                         f"model, mixmerge.merge.gram) or specialists of tasks with training data; got "
+                         f"{[v.name for v in specialists]}")
+    if method == "regmean_plus":
+        grams = ensure_regmean_plus_grams(cfg, store, base, specialists, [task_data[t] for t in tasks])
+    else:
+        grams = [ensure_gram(cfg, store, v, task_data[t]) for v, t in zip(specialists, tasks, strict=True)]
+    merge_cfg["gram_paths"] = [str(g.path) for g in grams]
+    return merge_cfg, {g.name: g.key for g in grams}
+
+
 def ensure_merged(cfg, store: ArtifactStore, base: BaseModel, specialists: Sequence[Variant], *,
                   in_memory: bool = False, task_data: Mapping[str, Any] | None = None) -> Variant:
     """``merged``: the specialists merged by ``cfg["merge"]``.
@@ -212,10 +325,15 @@ def ensure_merged(cfg, store: ArtifactStore, base: BaseModel, specialists: Seque
     merge_cfg, fisher_keys = _with_fisher(cfg, store, specialists, task_data)
     merge_cfg, details = _with_layerwise(cfg, merge_cfg, store, base, specialists)
     cfg = {**cfg, "merge": merge_cfg}
+    merge_cfg, gram_keys = _with_grams(cfg, store, base, specialists, task_data)
+    cfg = {**cfg, "merge": merge_cfg}
     key_config, inputs = merge_config_for_key(merge_cfg), merge_inputs(base, specialists)
     if fisher_keys:
         key_config.pop("fisher_paths")
         inputs.update(fisher_keys)
+    if gram_keys:
+        key_config.pop("gram_paths")
+        inputs.update(gram_keys)
     if in_memory:
         variant = _merged_in_memory(cfg, base, specialists, content_key("merged", key_config, inputs))
         return replace(variant, details=details)

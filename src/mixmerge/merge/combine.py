@@ -56,6 +56,7 @@ def merge_whole(
     *,
     fishers: Sequence[torch.Tensor] | None = None,
     n_layers: int = 1,
+    grams: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The methods that combine whole weights rather than sparsified task vectors (linear, slerp,
     model_stock, fisher; correlation, whose own dispatch also returns its decision): the one dispatch on
@@ -76,6 +77,10 @@ def merge_whole(
         return merge_correlation(base32, [K.task_vector(m, base32) for m in models], params)[0]
     if kind in MERGEKIT_KINDS:
         return _merge_mergekit_method(tensor_name, base, models, params, n_layers)
+    if kind == "regmean":  # grams: this tensor's per-model Grams; None for tensors without (averaged)
+        from mixmerge.merge.regmean import regmean_tensor
+
+        return regmean_tensor(models, grams, params.weights, params.alpha)
     raise ValueError(f"merge kind {kind!r} of method {params.method.name!r} has no whole-weight kernel")
 
 
@@ -89,6 +94,7 @@ def merge_tensor(
     n_layers: int = 1,
     with_stats: bool = True,
     compute_dtype: torch.dtype = torch.float32,
+    grams: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, K.KernelStats | None]:
     """Merge one tensor in ``compute_dtype`` (``merge.dtype``; mergekit casts the inputs to it and merges in
     it); returns the result in that dtype and (for task-vector methods) its diagnostics."""
@@ -99,7 +105,7 @@ def merge_tensor(
     if params.method.kind != "gta":
         base_c = base.to(compute_dtype) if base is not None else None
         merged = merge_whole(tensor_name, base_c, [m.to(compute_dtype) for m in models], params, fishers=fishers,
-                             n_layers=n_layers)
+                             n_layers=n_layers, grams=grams)
         return merged.to(compute_dtype), None
     base_c = base.to(compute_dtype)
     stacked = sparsify_stack(tensor_name, [K.task_vector(m, base_c, compute_dtype) for m in models], params)

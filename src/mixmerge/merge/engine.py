@@ -90,6 +90,8 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
              *((f"merge.models[{i}]", m) for i, m in enumerate(models))]
     fisher_paths = params.require_fisher_paths(len(models)) if method.kind == "fisher" else ()
     named_fishers = [(f"merge.fisher_paths[{i}]", Path(p)) for i, p in enumerate(fisher_paths)]
+    gram_paths = params.require_gram_paths(len(models)) if method.kind == "regmean" else ()
+    named_fishers += [(f"merge.gram_paths[{i}]", Path(p)) for i, p in enumerate(gram_paths)]
     check_output(Path(out), [*named, *named_fishers], overwrite=overwrite)
     for field_name, p in named:
         if not Path(p).is_dir():
@@ -105,6 +107,7 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
     sources = [open_source(m, base_src) for m in models]
     labels = [f"model {i} ({m})" for i, m in enumerate(models)]
     fishers = _open_fishers(fisher_paths, base_src)
+    grams = open_grams(gram_paths, base_src)
     shapes = V.check_tensors(base_src, sources, labels, params.vocab_policy)
     if base is not None and params.max_base_distance is not None:
         V.check_same_base(base_src, sources, labels, params.max_base_distance)
@@ -138,7 +141,7 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
             else:
                 merged, stats = _merge_reference(name, shape, dtype, tensor_params, base_src, sources, labels,
                                                  fishers, n_layers, check_finite, inputs_can_vanish, compute,
-                                                 has_base=base is not None)
+                                                 grams, has_base=base is not None)
                 writer.write(name, merged)
             del merged
             if stats is not None:
@@ -170,14 +173,14 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        for src in [base_src, *sources, *fishers]:
+        for src in [base_src, *sources, *fishers, *grams]:
             src.close()
     log.info("merged %d tensors with %s into %s in %.1f s", len(names), method.name, out, report["time_s"])
     return report
 
 
 def _merge_reference(name, shape, dtype, params, base_src, sources, labels, fishers, n_layers, check_finite,
-                     inputs_can_vanish, compute: str = "float32", *, has_base: bool = True):
+                     inputs_can_vanish, compute: str = "float32", grams=(), *, has_base: bool = True):
     """One tensor through the torch reference (``combine.merge_tensor``): the methods the fused kernels do
     not cover, compute dtypes other than float32, LoRA adapters (on the fused path too, through
     ``read_f32_into``) and integer tensors (copied from the base). Returns the tensor to write, computed in
@@ -199,8 +202,10 @@ def _merge_reference(name, shape, dtype, params, base_src, sources, labels, fish
             return base_t, None  # released pages are read again from the file on use
         fisher_t = [f.get(name)[:rows] if f.shape(name) != shape else f.get(name) for f in fishers] \
             if fishers else None
+        gram_t = [g.get(name) for g in grams] if grams and name in grams[0] else None  # RegMean's linear weights
         merged, stats = merge_tensor(name, base_t if has_base else None, tensors, params, fishers=fisher_t,
-                                     n_layers=n_layers, compute_dtype=torch_dtype_of(SAFETENSORS_NAMES[compute]))
+                                     n_layers=n_layers, compute_dtype=torch_dtype_of(SAFETENSORS_NAMES[compute]),
+                                     grams=gram_t)
         if check_finite and not V.all_finite(merged):
             _check_inputs_finite(name, base_t, tensors, labels)  # names the culprit input, if any
             raise ValueError(f"the merge of tensor {name!r} produced NaN/Inf; check merge.weights and "
@@ -323,6 +328,28 @@ def _open_fishers(paths: Sequence[str], base_src) -> list[SafetensorsFolder]:
         missing = [n for n in base_src.names() if n not in f and base_src.dtype_str(n) in FLOAT_DTYPES]
         if missing:
             raise ValueError(f"missing tensor: Fisher folder {p} has no {missing[0]!r}")
+    return folders
+
+
+def open_grams(paths: Sequence[str], base_src) -> list[SafetensorsFolder]:
+    """RegMean's Gram folders (``merge/gram.py``), checked against the models: the same weights in every
+    folder, each a 2-D float tensor of the models whose Gram is (in, in)."""
+    folders = [SafetensorsFolder(p) for p in paths]
+    if not folders:
+        return folders
+    names = sorted(folders[0].names())
+    for p, f in zip(paths, folders, strict=True):
+        if sorted(f.names()) != names:
+            raise ValueError(f"merge.gram_paths: {p} has Grams of other layers than {paths[0]}; compute every "
+                             f"model's Grams for the same architecture")
+        for n in names:
+            shape = base_src.shape(n) if n in base_src else None
+            if shape is None or len(shape) != 2 or f.shape(n) != (shape[1], shape[1]):
+                raise ValueError(f"merge.gram_paths: {p} holds a Gram {n!r} of shape {f.shape(n)}, which fits no "
+                                 f"linear weight of the models (expected (in, in) of a 2-D weight); are the Grams "
+                                 f"of another model?")
+    if not names:
+        raise ValueError(f"merge.gram_paths: {paths[0]} holds no Gram matrices")
     return folders
 
 

@@ -93,6 +93,9 @@ class InMemoryMerger:
         params = resolve_params(params, len(self.model_paths))
         kind = params.method.kind
         fishers = self._fishers(params.require_fisher_paths(len(self.model_paths))) if kind == "fisher" else None
+        if kind == "regmean":  # Grams read one tensor at a time (a 7B model's are tens of GB per specialist)
+            yield from self._regmean_tensors(params)
+            return
         cache = None
         fused = fast_gta.applies(params, self.device)
         if kind == "gta" and self.cache_sparse:
@@ -125,6 +128,22 @@ class InMemoryMerger:
                                      fishers=None if fishers is None else [f[name] for f in fishers],
                                      n_layers=self.n_layers)
             yield name, merged, stats
+
+    def _regmean_tensors(self, params: MergeParams):
+        from mixmerge.merge.engine import open_grams
+
+        paths = params.require_gram_paths(len(self.model_paths))
+        with SafetensorsFolder(self.base_path) as base_src:
+            grams = open_grams(paths, base_src)
+        try:
+            for name, base in self.base.items():
+                per_model = [g.get(name).to(self.device) for g in grams] if name in grams[0] else None
+                models = [base + d for d in self.deltas[name]]
+                tp = params.for_tensor(name, self.n_layers)  # layer gradients and filters evaluated here
+                yield name, merge_whole(name, base, models, tp, grams=per_model, n_layers=self.n_layers), None
+        finally:
+            for g in grams:
+                g.close()
 
     def _merge_fused(self, name, base, deltas, params, cache, target):
         """A task-vector method through the fused CPU kernels; the sparsity plan (thresholds, DELLA's

@@ -46,6 +46,8 @@ PARAM_KEYS = (*PARAM_KEYS, *OPTION_KEYS)  # the settings of SCE, NuSLERP, Multi-
 # LoRA-native merging (merge/lora_engine.py): write the merge as a peft adapter of a chosen rank.
 PARAM_KEYS += ("output_format", "adapter_rank")
 OUTPUT_FORMATS = ("model", "adapter")
+# RegMean / RegMean++ (merge/regmean.py): the off-diagonal scale, the Gram folders, the batches that estimate them
+PARAM_KEYS += ("alpha", "gram_paths", "gram_batches")
 
 
 def check_known_keys(keys, known: Sequence[str], where: str) -> None:
@@ -226,6 +228,8 @@ class MergeParams:
     check_finite: bool = True
     report_stats: bool = False
     out_dtype: str | None = None  # the merged tensors' dtype (mergekit's out_dtype); None: dtype, else the base's
+    alpha: float = 0.9  # RegMean's scale of the Gram matrices' off-diagonal entries
+    gram_paths: tuple[str, ...] | None = None  # one Gram folder per model (methods regmean, regmean_plus)
     extra: dict[str, Any] = field(default_factory=dict)
     # Parameters that vary by tensor (mergekit layer gradients and filters): (field, model index, schedule);
     # field is "weights", "densities", "epsilons", "gammas" (per model) or "lam" (index -1).
@@ -257,6 +261,18 @@ class MergeParams:
         if not paths or len(paths) != n_models:
             raise ValueError(f"merge.method=fisher needs merge.fisher_paths with one Fisher folder per model "
                              f"({n_models}); got {paths!r} (compute them with mixmerge.merge.fisher)")
+        return paths
+
+    def require_gram_paths(self, n_models: int) -> tuple[str, ...]:
+        """The Gram folders, one per model, or the error that says what they are and how to get them."""
+        paths = self.gram_paths
+        if not paths or len(paths) != n_models:
+            raise ValueError(
+                f"merge.method={self.method.name} needs merge.gram_paths with one folder of Gram matrices per model "
+                f"({n_models}), each of that model's linear-layer inputs on its own task data; got {paths!r}. Compute "
+                f"them with mixmerge.merge.gram.compute_grams"
+                f"{' (RegMean++: compute_regmean_plus_grams)' if self.method.name == 'regmean_plus' else ''}, or run "
+                f"strategy=compare, which computes and caches them from the specialists' training data")
         return paths
 
     def as_report(self) -> dict[str, Any]:
@@ -380,8 +396,9 @@ def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) ->
         raise ValueError(f"merge.max_base_distance={max_dist!r} must be a non-negative number (or null to skip "
                          f"the check)")
     output_format, adapter_rank = _resolve_output_format(merge_cfg)
+    alpha, gram_paths = _regmean_settings(merge_cfg, method, weights, n_models)
     params = MergeParams(
-        output_format=output_format, adapter_rank=adapter_rank,
+        output_format=output_format, adapter_rank=adapter_rank, alpha=alpha, gram_paths=gram_paths,
         method=method, weights=weights, densities=densities, epsilons=epsilons, gammas=gammas,
         lam=float(lam), normalize=normalize, rescale=mode if rescale else None,
         t=parse_t(merge_cfg.get("t"), unit_interval=method.kind != "nearswap"),
@@ -473,3 +490,24 @@ def resolve_method_options(merge_cfg: Mapping[str, Any], method: MergeMethod) ->
         else:
             options[opt.key] = check_option(opt, value, method.name)
     return options
+
+
+def _regmean_settings(merge_cfg: Mapping[str, Any], method: MergeMethod, weights: list[float], n_models: int
+                      ) -> tuple[float, tuple[str, ...] | None]:
+    """``merge.alpha`` in [0, 1] and ``merge.gram_paths`` (one per model); RegMean's weights non-negative."""
+    alpha = merge_cfg.get("alpha")
+    alpha = 0.9 if alpha is None else as_number(alpha, "merge.alpha")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"merge.alpha={alpha} is outside [0, 1]; RegMean scales the Gram matrices' off-diagonal "
+                         f"entries by it (1: the plain regression, 0: only the diagonal)")
+    paths = merge_cfg.get("gram_paths")
+    if paths is not None and (isinstance(paths, str) or len(paths) != n_models):
+        raise ValueError(f"merge.gram_paths={paths!r} must list one Gram folder per model ({n_models})")
+    batches = merge_cfg.get("gram_batches")
+    if batches is not None and (not isinstance(batches, int) or isinstance(batches, bool) or batches < 1):
+        raise ValueError(f"merge.gram_batches={batches!r} must be a positive integer (batches of each specialist's "
+                         f"task data that estimate its Grams), e.g. merge.gram_batches=32")
+    if method.kind == "regmean" and (any(w < 0 for w in weights) or sum(weights) <= 0):
+        raise ValueError(f"merge.weights={weights} for {method.name} must be non-negative with a positive sum "
+                         f"(they weight each specialist's squared error)")
+    return float(alpha), None if paths is None else tuple(str(p) for p in paths)

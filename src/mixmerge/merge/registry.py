@@ -74,6 +74,10 @@ _ROWS = (
     MergeMethod("karcher", "karcher", needs_base=False, reference_url="https://arxiv.org/abs/2603.04972"),
     MergeMethod("nearswap", "nearswap", needs_base=False, min_models=2, max_models=2,
                 reference_url="https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001"),
+    # RegMean's closed form per linear layer (merge/regmean.py) from Gram matrices (merge/gram.py); RegMean++
+    # differs only in its Grams (inputs from the merged model's earlier layers).
+    MergeMethod("regmean", "regmean", needs_base=False, reference_url="https://arxiv.org/abs/2212.09849"),
+    MergeMethod("regmean_plus", "regmean", needs_base=False, reference_url="https://arxiv.org/abs/2508.03121"),
 )
 
 METHODS: dict[str, MergeMethod] = {row.name: row for row in _ROWS}

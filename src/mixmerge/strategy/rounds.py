@@ -50,10 +50,12 @@ def round_merge_config(global_merge: Mapping[str, Any], round_merge: Mapping[str
 
 
 def needs_task_data(merge_cfg: Mapping[str, Any]) -> bool:
-    """A data-aware merge (Fisher) whose statistics the pipeline computes from each specialist's task data."""
+    """A data-aware merge (Fisher, RegMean) whose statistics the pipeline computes from each specialist's task data."""
     from mixmerge.merge.registry import get_method
 
-    return get_method(str(merge_cfg["method"])).kind == "fisher" and not merge_cfg.get("fisher_paths")
+    kind = get_method(str(merge_cfg["method"])).kind
+    return ((kind == "fisher" and not merge_cfg.get("fisher_paths"))
+            or (kind == "regmean" and not merge_cfg.get("gram_paths")))
 
 
 def plan_rounds(strategy_cfg: Mapping[str, Any], task_names: Sequence[str], global_merge: Mapping[str, Any]) -> list[dict]:
