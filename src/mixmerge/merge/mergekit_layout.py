@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mixmerge.dtypes import DTYPE_NAMES
 from mixmerge.merge.chat_templates import CHAT_TEMPLATES
 from mixmerge.merge.mergekit_yaml import _rules, _simplify, models_to_merge_cfg
 from mixmerge.merge.params import MergeParams, check_known_keys, resolve_params
@@ -59,8 +60,9 @@ def read_layout(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
     models = list(dict.fromkeys(src["model"] for s in slices for src in s["sources"]))
     cfg: dict[str, Any] = {"method": method, "base": base, "models": models, "layout": layout}
     for key in ("dtype", "out_dtype"):
-        if doc.get(key) is not None:
-            cfg[key] = doc[key]
+        if doc.get(key) is not None and doc[key] not in DTYPE_NAMES:
+            raise ValueError(f"{source}: {key}={doc[key]!r} is not one of {DTYPE_NAMES}")
+        layout[key] = doc.get(key)
     return cfg
 
 

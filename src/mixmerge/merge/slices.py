@@ -233,8 +233,7 @@ def _scale_at(setting, name: str, n: int) -> float | None:
 def _output_dtype(slice_params, layout, donor_cfg) -> str:
     from mixmerge.dtypes import SAFETENSORS_NAMES
 
-    merge = next((s["merge"] for s in layout["slices"] if s["merge"] is not None), {}) or {}
-    requested = merge.get("out_dtype") or merge.get("dtype")
+    requested = layout.get("out_dtype") or layout.get("dtype")
     if requested is not None:
         return SAFETENSORS_NAMES[requested]
     name = donor_cfg.get("dtype") or donor_cfg.get("torch_dtype") or "float32"
