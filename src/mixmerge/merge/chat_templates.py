@@ -32,7 +32,7 @@ CHAT_TEMPLATES: dict[str, str] = {
     ),
     "alpaca": (
         "{% set systems = messages | selectattr('role', 'equalto', 'system') | list %}"
-        "{{ (systems | last).content | trim if systems else '' }}\\n\\n"
+        "{{ (systems | last).content | trim if systems else '' }}{{ '\\n\\n' }}"
         "{% for m in messages %}"
         "{% if m['role'] == 'user' %}{{ '### Instruction:\\n' + m['content'] | trim }}"
         "{% elif m['role'] == 'assistant' %}{{ '### Response:\\n' + m['content'] | trim }}"
