@@ -138,11 +138,11 @@ def test_no_upward_arrows():
 def test_merge_package_layers():
     """Inside merge/: the registry and pure helpers at the bottom, the engines above, the edge on top."""
     order = [
-        {"registry", "common", "tensor_names"},
+        {"registry", "common", "tensor_names", "chat_templates"},
         {"params", "kernels", "io", "fused", "fused.primitives", "fused.rng", "fused.select", "fused.della",
-         "fused.combine"},
-        {"mergekit_yaml", "validate", "output", "combine", "fast_gta", "fisher"},
-        {"config_group", "engine", "in_memory"},
+         "fused.combine", "tokenizer_merge"},
+        {"mergekit_yaml", "validate", "output", "combine", "fast_gta", "fisher", "mergekit_layout"},
+        {"config_group", "engine", "in_memory", "slices"},
         {"standalone", "__init__"},
     ]
     rank = {name: i for i, names in enumerate(order) for name in names}

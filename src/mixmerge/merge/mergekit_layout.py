@@ -11,20 +11,23 @@ runs; it follows mergekit 0.1.5 (mergekit/config.py, mergekit/plan.py):
   base to explicit slices and refuses the merge otherwise).
 - ``passthrough`` takes exactly one source per slice, times its optional ``scale``.
 
-Everything is checked here, before any file is read, with an error that names the key.
+Everything is checked here, before any file is read, with an error that names the key. The reader of the
+``models`` part (``mergekit_yaml``) calls ``read_layout`` and passes itself in as ``Reader`` (imports flow
+down: this module does not import it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mixmerge.dtypes import DTYPE_NAMES
 from mixmerge.merge.chat_templates import CHAT_TEMPLATES
-from mixmerge.merge.mergekit_yaml import _rules, _simplify, models_to_merge_cfg
 from mixmerge.merge.params import MergeParams, check_known_keys, resolve_params
 from mixmerge.merge.registry import METHODS
 
+LAYOUT_KEYS = ("slices", "tokenizer_source", "tokenizer", "chat_template")  # the keys read here
 SLICE_KEYS = ("sources", "base_model", "residual_weight", "parameters")
 SOURCE_KEYS = ("model", "layer_range", "parameters")
 TOKENIZER_KEYS = ("source", "tokens", "pad_to_multiple_of")
@@ -32,7 +35,16 @@ PASSTHROUGH = "passthrough"
 CHAT_TEMPLATE_NAMES = tuple(CHAT_TEMPLATES)  # mergekit 0.1.5's names
 
 
-def read_layout(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Reader:
+    """What ``mergekit_yaml`` lends: ``models_cfg(doc, where, scopes, in_slice=...)`` (one slice's merge
+    config) and ``chain(settings, where)`` (settings highest first as one setting, or None)."""
+
+    models_cfg: Callable[..., dict[str, Any]]
+    chain: Callable[[Sequence[Any], str], Any]
+
+
+def read_layout(doc: Mapping[str, Any], source: str, reader: Reader) -> dict[str, Any]:
     """The merge config of a mergekit YAML with slices, a tokenizer source or a chat template."""
     method = doc.get("merge_method")
     if not method:
@@ -51,9 +63,9 @@ def read_layout(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
         raise ValueError(f"{source}: give exactly one of 'models' and 'slices' (mergekit requires it)")
     top = doc.get("parameters") or {}
     if has_slices:
-        slices = [_read_slice(s, i, method, base, top, doc, source) for i, s in enumerate(doc["slices"])]
+        slices = [_read_slice(s, i, method, base, top, doc, source, reader) for i, s in enumerate(doc["slices"])]
     else:
-        slices = [_models_slice(method, base, top, doc, source)]
+        slices = [_models_slice(method, base, top, doc, source, reader)]
     layout = {"method": method, "base": base, "slices": slices,
               "tokenizer_source": _tokenizer_source(doc, source),
               "chat_template": _chat_template(doc.get("chat_template"), source)}
@@ -85,7 +97,7 @@ def _layer_range(value: Any, where: str) -> list[int]:
 
 
 def _read_slice(spec: Any, i: int, method: str, base: str | None, top: Mapping[str, Any],
-                doc: Mapping[str, Any], source: str) -> dict[str, Any]:
+                doc: Mapping[str, Any], source: str, reader: Reader) -> dict[str, Any]:
     where = f"{source}: slices[{i}]"
     if not isinstance(spec, Mapping):
         raise ValueError(f"{where}={spec!r}: a slice is {{sources: [{{model, layer_range}}, ...]}}")
@@ -110,11 +122,11 @@ def _read_slice(spec: Any, i: int, method: str, base: str | None, top: Mapping[s
         raise ValueError(f"{where}: model {models[0]!r} is listed twice among the sources; list each model once "
                          f"per slice")
     slice_base = str(spec["base_model"]) if spec.get("base_model") is not None else base
-    return _slice(method, slice_base, sources, [spec.get("parameters") or {}, top], doc, where)
+    return _slice(method, slice_base, sources, [spec.get("parameters") or {}, top], doc, where, reader)
 
 
 def _models_slice(method: str, base: str | None, top: Mapping[str, Any], doc: Mapping[str, Any],
-                  source: str) -> dict[str, Any]:
+                  source: str, reader: Reader) -> dict[str, Any]:
     """``models:`` as mergekit plans it: one slice of every model's whole stack (``layer_range: None``)."""
     sources = []
     for i, entry in enumerate(doc["models"]):
@@ -125,11 +137,11 @@ def _models_slice(method: str, base: str | None, top: Mapping[str, Any], doc: Ma
                         "parameters": entry.get("parameters") or {}})
     if base is not None and base not in [s["model"] for s in sources]:
         sources.append({"model": base, "layer_range": None, "parameters": {}})  # mergekit/plan.py adds it
-    return _slice(method, base, sources, [top], doc, source, in_slice=False)
+    return _slice(method, base, sources, [top], doc, source, reader, in_slice=False)
 
 
 def _slice(method: str, base: str | None, sources: list[dict[str, Any]], scopes: list[Mapping[str, Any]],
-           doc: Mapping[str, Any], where: str, *, in_slice: bool = True) -> dict[str, Any]:
+           doc: Mapping[str, Any], where: str, reader: Reader, *, in_slice: bool = True) -> dict[str, Any]:
     models = [s["model"] for s in sources]
     if method == PASSTHROUGH:
         if len(sources) != 1:
@@ -137,9 +149,8 @@ def _slice(method: str, base: str | None, sources: list[dict[str, Any]], scopes:
                              f"{models}); stack models by giving each its own slice")
         for j, scope in enumerate([sources[0]["parameters"], *scopes]):
             check_known_keys(scope, ("scale",), f"{where}: passthrough parameters (level {j}) ")
-        chain = [r for scope in [sources[0]["parameters"], *scopes]
-                 for r in _rules(scope.get("scale"), f"{where}: parameters.scale")]
-        scale = _simplify(chain) if chain else None
+        scale = reader.chain([scope.get("scale") for scope in [sources[0]["parameters"], *scopes]],
+                             f"{where}: parameters.scale")
         return {"sources": _public(sources), "merge": None, "scale": scale}
     row = METHODS[method]
     if row.kind != "linear" and base is None:
@@ -150,7 +161,7 @@ def _slice(method: str, base: str | None, sources: list[dict[str, Any]], scopes:
                          f"slice's sources only, so add the base with its layer_range")
     sub = {"merge_method": method, "base_model": base if row.kind != "linear" or base in models else None,
            "models": [{"model": s["model"], "parameters": s["parameters"]} for s in sources]}
-    cfg = models_to_merge_cfg(sub, where, scopes, in_slice=in_slice)
+    cfg = reader.models_cfg(sub, where, scopes, in_slice=in_slice)
     for key in ("dtype", "out_dtype"):
         if doc.get(key) is not None:
             cfg[key] = doc[key]

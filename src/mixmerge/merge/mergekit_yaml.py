@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from mixmerge.merge.mergekit_layout import LAYOUT_KEYS, Reader, read_layout
 from mixmerge.merge.params import as_number, check_known_keys
 from mixmerge.merge.registry import METHODS
 
@@ -27,7 +28,6 @@ PER_MODEL = ("weight", "density", "epsilon", "gamma")
 GLOBAL = ("lambda", "normalize", "rescale", "t", "filter_wise", "int8_mask")
 SETTINGS = ("lambda", "t")  # the global keys that may be gradients or filter rules
 UNSUPPORTED = ("modules",)
-LAYOUT_KEYS = ("slices", "tokenizer_source", "tokenizer", "chat_template")  # read by mergekit_layout.py
 TOP_LEVEL = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", *UNSUPPORTED, *LAYOUT_KEYS)
 MODEL_ENTRY = ("model", "parameters")
 # The merge keys an imported file decides: the method YAML's defaults for them are dropped.
@@ -49,6 +49,12 @@ def _rules(setting: Any, where: str) -> list[dict[str, Any]]:
             return [dict(rule) for rule in setting]
         _check_gradient(setting, where)
     return [{"filter": None, "value": setting}]
+
+
+def _chain(settings: Sequence[Any], where: str) -> Any:
+    """Settings, highest precedence first, as one setting (their rules in order); None when none is set."""
+    rules = [r for setting in settings for r in _rules(setting, where)]
+    return _simplify(rules) if rules else None
 
 
 def _check_gradient(value: Any, where: str) -> None:
@@ -92,9 +98,7 @@ def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML")
             raise ValueError(f"{source}: mergekit key {key!r} is not supported by merge.from_mergekit; "
                              f"use mergekit itself for that config")
     if any(doc.get(key) is not None for key in LAYOUT_KEYS):
-        from mixmerge.merge.mergekit_layout import read_layout
-
-        return read_layout(doc, source)
+        return read_layout(doc, source, Reader(models_to_merge_cfg, _chain))
     return models_to_merge_cfg(doc, source, [doc.get("parameters") or {}])
 
 
