@@ -141,7 +141,7 @@ def test_llama3_and_alpaca_templates_render():
     env = Environment()
     msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q "}, {"role": "assistant", "content": "A"}]
     out = env.from_string(CHAT_TEMPLATES["llama3"]).render(messages=msgs, bos_token="<s>", add_generation_prompt=False)
-    assert out == ("<s><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user"
-                   "<|end_header_id|>\n\nQ<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nA<|eot_id|>")
+    assert out == ("<s><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>\n<|start_header_id|>user"
+                   "<|end_header_id|>\n\nQ<|eot_id|>\n<|start_header_id|>assistant<|end_header_id|>\n\nA<|eot_id|>\n")
     out = env.from_string(CHAT_TEMPLATES["alpaca"]).render(messages=msgs[:2], add_generation_prompt=True)
-    assert out == "S\n\n### Instruction:\nQ\n### Response:\n"
+    assert out == "S\n\n### Instruction:\nQ### Response:\n"  # as mergekit's renders

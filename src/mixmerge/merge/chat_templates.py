@@ -1,7 +1,10 @@
 """The chat templates a mergekit YAML may name (``chat_template: chatml``), as Jinja strings (pure data).
 
 mergekit 0.1.5 names alpaca, chatml, exaone, llama3 and mistral; these are our own Jinja for the same
-prompt formats (written here, not copied), rendered by transformers' ``apply_chat_template``.
+prompt formats (written here, not copied), rendered by transformers' ``apply_chat_template``. chatml,
+llama3, mistral and alpaca render exactly what mergekit's render (a newline after each llama3 turn, none
+before alpaca's generation prompt); mergekit's exaone template renders its own indentation into the
+prompt, ours renders the format without it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ CHAT_TEMPLATES: dict[str, str] = {
     ),
     "llama3": (
         "{% for m in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
-        "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}"
+        "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>\\n' }}"
         "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
         "{% endif %}"
     ),
@@ -39,7 +42,7 @@ CHAT_TEMPLATES: dict[str, str] = {
         "{% elif m['role'] == 'user_context' %}{{ '### Input:\\n' + m['content'] | trim }}{% endif %}"
         "{% if m['role'] in ['user', 'assistant', 'user_context'] and not loop.last %}{{ '\\n\\n' }}{% endif %}"
         "{% endfor %}"
-        "{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}{{ '\\n### Response:\\n' }}{% endif %}"
+        "{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}{{ '### Response:\\n' }}{% endif %}"
     ),
     "exaone": (
         "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}{{ '[|system|][|endofturn|]\\n' }}"
