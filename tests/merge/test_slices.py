@@ -125,8 +125,10 @@ def test_models_with_passthrough_is_the_one_model(llamas, tmp_path):
      "layer_range=[2]"),
     ({"merge_method": "passthrough", "models": [{"model": "A"}],
       "slices": [{"sources": [{"model": "A", "layer_range": [0, 1]}]}]}, "exactly one of 'models' and 'slices'"),
-    ({"merge_method": "passthrough", "models": [{"model": "A"}], "tokenizer": {"source": "union", "tokens": {}}},
-     "tokenizer.tokens is not supported"),
+    ({"merge_method": "passthrough", "models": [{"model": "A"}], "tokenizer": {"source": "union", "tokens": {
+        "<x>": {"source": {"kind": "model_token", "model": "A"}}}}}, "names a model and one of token_id, token"),
+    ({"merge_method": "passthrough", "models": [{"model": "A"}], "tokenizer": {"pad_to_multiple_of": 0}},
+     "pad_to_multiple_of=0"),
     ({"merge_method": "passthrough", "models": [{"model": "A"}], "chat_template": "nonsense"},
      "chat_template='nonsense'"),
     ({"merge_method": "passthrough", "models": [{"model": "A"}], "tokenizer_source": "base",

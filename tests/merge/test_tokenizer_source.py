@@ -145,3 +145,26 @@ def test_llama3_and_alpaca_templates_render():
                    "<|end_header_id|>\n\nQ<|eot_id|>\n<|start_header_id|>assistant<|end_header_id|>\n\nA<|eot_id|>\n")
     out = env.from_string(CHAT_TEMPLATES["alpaca"]).render(messages=msgs[:2], add_generation_prompt=True)
     assert out == "S\n\n### Instruction:\nQ### Response:\n"  # as mergekit's renders
+
+
+def test_tokenizer_block_tokens_and_padding(vocab_models, tmp_path):
+    """tokenizer.tokens: <w> is added with a zero row, <x> forced to a's row of 'c' in every input; vocabulary
+    tensors padded to a multiple of 6 with each input's mean row (mergekit/tokenizer/embed.py)."""
+    m = vocab_models
+    doc = {"merge_method": "linear", "tokenizer": {"source": "union", "pad_to_multiple_of": 6, "tokens": {
+               "<w>": {"source": {"kind": "zero"}},
+               "<x>": {"source": {"kind": "model_token", "model": str(m["a"]), "token": "c"}, "force": True}}},
+           "models": [{"model": str(m["a"]), "parameters": {"weight": 1.0}},
+                      {"model": str(m["b"]), "parameters": {"weight": 1.0}}]}
+    report = _merge(doc, tmp_path / "out")
+    out_ids = _ids(tmp_path / "out")
+    assert len(out_ids) == 16 and report["vocab_size"] == 18  # a's 14 + <y>, <w>; padded to 18
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 18
+    out = load_file(str(tmp_path / "out" / "model.safetensors"))
+    wa = load_file(str(m["a"] / "model.safetensors"))
+    ids_a = _ids(m["a"])
+    e = out["model.embed_tokens.weight"]
+    assert e.shape == (18, 32)
+    assert torch.equal(e[out_ids["<w>"]], torch.zeros(32))
+    torch.testing.assert_close(e[out_ids["<x>"]], wa["model.embed_tokens.weight"][ids_a["c"]])
+    torch.testing.assert_close(e[16:], e[:16].mean(dim=0).expand(2, 32))  # linear of the inputs' mean rows = mean of the output

@@ -68,6 +68,8 @@ def read_layout(doc: Mapping[str, Any], source: str, reader: Reader) -> dict[str
         slices = [_models_slice(method, base, top, doc, source, reader)]
     layout = {"method": method, "base": base, "slices": slices,
               "tokenizer_source": _tokenizer_source(doc, source),
+              "tokens": _tokens((doc.get("tokenizer") or {}).get("tokens"), source),
+              "pad_to_multiple_of": _pad_to((doc.get("tokenizer") or {}).get("pad_to_multiple_of"), source),
               "chat_template": _chat_template(doc.get("chat_template"), source)}
     models = list(dict.fromkeys(src["model"] for s in slices for src in s["sources"]))
     cfg: dict[str, Any] = {"method": method, "base": base, "models": models, "layout": layout}
@@ -182,10 +184,6 @@ def _tokenizer_source(doc: Mapping[str, Any], source: str) -> str | dict[str, st
         if not isinstance(block, Mapping):
             raise ValueError(f"{source}: tokenizer={block!r} must be a mapping {{source: union}}")
         check_known_keys(block, TOKENIZER_KEYS, f"{source}: tokenizer.")
-        for key in ("tokens", "pad_to_multiple_of"):
-            if block.get(key) is not None:
-                raise ValueError(f"{source}: tokenizer.{key} is not supported by merge.from_mergekit; remove it "
-                                 f"(tokenizer.source and tokenizer_source are) or use mergekit itself")
         value = block.get("source", "union")  # mergekit/tokenizer/config.py's default
     if value is None:
         return None
@@ -217,3 +215,45 @@ def resolve_layout(layout: Mapping[str, Any]) -> list[MergeParams | None]:
     """Each slice's resolved parameters (None for passthrough): every check on values before any I/O."""
     return [None if s["merge"] is None else resolve_params(s["merge"], len(s["merge"]["models"]))
             for s in layout["slices"]]
+
+
+def _pad_to(value: Any, source: str) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{source}: tokenizer.pad_to_multiple_of={value!r} must be a positive integer")
+    return value
+
+
+def _tokens(tokens: Any, source: str) -> dict[str, dict[str, Any]]:
+    """``tokenizer.tokens`` (mergekit/tokenizer/config.py): token -> ``{source, force}``, the source a
+    model folder (its own row of the token), ``{kind: zero}`` or ``{kind: model_token, model, token_id |
+    token}``; normalised to ``{"source": {"kind": "model" | "zero" | "model_token", ...}, "force": bool}``."""
+    if tokens is None:
+        return {}
+    if not isinstance(tokens, Mapping):
+        raise ValueError(f"{source}: tokenizer.tokens={tokens!r} must map each token to {{source: ..., force: ...}}")
+    out = {}
+    for token, spec in tokens.items():
+        where = f"{source}: tokenizer.tokens[{token!r}]"
+        spec = spec or {}
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"{where}={spec!r} must be {{source: ..., force: ...}}")
+        check_known_keys(spec, ("source", "force"), f"{where}.")
+        src, force = spec.get("source"), spec.get("force", False)
+        if not isinstance(force, bool):
+            raise ValueError(f"{where}.force={force!r} must be true or false")
+        if isinstance(src, str):
+            norm = {"kind": "model", "model": _model_path(src, f"{where}.source")}
+        elif isinstance(src, Mapping) and src.get("kind") == "zero":
+            check_known_keys(src, ("kind",), f"{where}.source.")
+            norm = {"kind": "zero"}
+        elif isinstance(src, Mapping) and src.get("kind") == "model_token":
+            check_known_keys(src, ("kind", "model", "token_id", "token"), f"{where}.source.")
+            if (src.get("token_id") is None) == (src.get("token") is None) or not src.get("model"):
+                raise ValueError(f"{where}.source: a model_token source names a model and one of token_id, token")
+            norm = {"kind": "model_token", "model": _model_path(src["model"], f"{where}.source.model"),
+                    "token_id": src.get("token_id"), "token": src.get("token")}
+        else:
+            raise ValueError(f"{where}.source={src!r}: give a model folder, {{kind: zero}} or {{kind: model_token, "
+                             f"model: PATH, token: ...}}")
+        out[str(token)] = {"source": norm, "force": force}
+    return out

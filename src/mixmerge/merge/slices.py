@@ -44,7 +44,12 @@ from mixmerge.merge.mergekit_layout import resolve_layout
 from mixmerge.merge.output import check_output, remove_stale_temporaries
 from mixmerge.merge.params import MergeParams, parse_setting
 from mixmerge.merge.tensor_names import split_layer
-from mixmerge.merge.tokenizer_merge import align_vocab_rows, build_output_vocabulary, is_vocab_tensor
+from mixmerge.merge.tokenizer_merge import (
+    TokenRow,
+    align_vocab_rows,
+    build_output_vocabulary,
+    is_vocab_tensor,
+)
 
 LAYER_FREE_KEYS = ("num_hidden_layers", "vocab_size", "layer_types")  # may differ between the stacked models
 
@@ -71,7 +76,8 @@ def merge_layout(layout: Mapping[str, Any], out: Path, *, overwrite: bool = Fals
         configs[donor] = V.read_config(Path(donor)) or {}
     remove_stale_temporaries(Path(out))
 
-    vocab = build_output_vocabulary(tok_src, Path(donor), [Path(m) for m in models]) if tok_src else None
+    vocab = build_output_vocabulary(tok_src, Path(donor), [Path(m) for m in models], layout.get("tokens"),
+                                    layout.get("pad_to_multiple_of")) if tok_src else None
     folders = {m: SafetensorsFolder(m) for m in models}
     out = Path(out)
     tmp = temp_folder_beside(out)
@@ -200,7 +206,8 @@ def _merge_one(item, folders, vocab) -> torch.Tensor:
     if vocab is not None and is_vocab_tensor(item["name"]):
         order = list(tensors)
         aligned = align_vocab_rows([tensors[m] for m in order], [vocab.permutations[m] for m in order],
-                                   order.index(base) if base in order else None)
+                                   order.index(base) if base in order else None,
+                                   _token_rows(vocab, order, item["name"]), vocab.size)
         tensors = dict(zip(order, aligned, strict=True))
     if not next(iter(tensors.values())).is_floating_point():
         return next(iter(tensors.values()))
@@ -220,6 +227,29 @@ def _merge_one(item, folders, vocab) -> torch.Tensor:
     inputs = [tensors[m].float() for m in cfg["models"]]
     merged, _ = merge_tensor(name, base_t, inputs, tensor_params, n_layers=item["n"], with_stats=False)
     return merged
+
+
+def _token_rows(vocab, order: list[str], tensor: str) -> dict[int, TokenRow]:
+    """``tokenizer.tokens`` as ``TokenRow``s over this tensor's inputs ``order`` (mergekit/tokenizer/embed.py)."""
+    rows = {}
+    for token, spec in vocab.tokens.items():
+        src = spec["source"]
+        if src["kind"] == "zero":
+            rows[vocab.vocab[token]] = TokenRow(None, force=spec["force"])
+            continue
+        if src["model"] not in order:
+            raise ValueError(f"tokenizer.tokens[{token!r}] takes its row from {src['model']}, which is not an input "
+                             f"of {tensor!r} (its inputs: {order})")
+        row = None
+        if src["kind"] == "model_token":
+            row = src["token_id"]
+            if row is None:
+                own = vocab.original_vocabs.get(src["model"], {})
+                if src["token"] not in own:
+                    raise ValueError(f"tokenizer.tokens[{token!r}]: token {src['token']!r} is not in {src['model']}")
+                row = own[src["token"]]
+        rows[vocab.vocab[token]] = TokenRow(order.index(src["model"]), row, spec["force"])
+    return rows
 
 
 def _scale_at(setting, name: str, n: int) -> float | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -54,10 +54,15 @@ class OutputVocabulary:
     tokenizer: object
     vocab: dict[str, int]
     permutations: dict[str, list[int]]
+    original_vocabs: dict[str, dict[str, int]] = field(default_factory=dict)
+    tokens: dict[str, dict] = field(default_factory=dict)  # tokenizer.tokens: token -> {source, force}
+    pad_to_multiple_of: int | None = None
 
     @property
     def size(self) -> int:
-        return len(self.vocab)
+        """Rows of the output vocabulary tensors: the vocabulary, padded up to ``pad_to_multiple_of``."""
+        n, m = len(self.vocab), self.pad_to_multiple_of
+        return n if not m or n % m == 0 else (n // m + 1) * m
 
 
 def _usable_vocab(tokenizer, vocab_size: int | None) -> dict[str, int]:
@@ -94,9 +99,12 @@ def _union(donor_path: Path, donor, tokenizers: Mapping[str, object]):
     return out
 
 
-def build_output_vocabulary(source: str | Mapping[str, str], donor: Path, models: Sequence[Path]) -> OutputVocabulary:
+def build_output_vocabulary(source: str | Mapping[str, str], donor: Path, models: Sequence[Path],
+                            tokens: Mapping[str, dict] | None = None,
+                            pad_to_multiple_of: int | None = None) -> OutputVocabulary:
     """The output tokenizer for ``tokenizer_source`` (``base``, ``union`` or ``{"model": PATH}``) of a merge
-    whose base (or first model) is ``donor``, and each model's row permutation."""
+    whose base (or first model) is ``donor``, and each model's row permutation; the ``tokens`` of a
+    ``tokenizer:`` block are added when missing (mergekit/tokenizer/build.py)."""
     paths = list(dict.fromkeys([str(donor), *map(str, models)]))
     tokenizers = {p: load_tokenizer(Path(p)) for p in paths}
     if isinstance(source, Mapping):
@@ -107,6 +115,11 @@ def build_output_vocabulary(source: str | Mapping[str, str], donor: Path, models
         out = _union(Path(donor), tokenizers[str(donor)], tokenizers)
     else:
         raise ValueError(f"tokenizer_source={source!r} must be base, union or a model folder")
+    existing = set(out.get_vocab())
+    for t in tokens or {}:
+        if t not in existing:
+            out.add_tokens(t)
+            existing.add(t)
     vocab = out.get_vocab()
     perms = {}
     for p, tok in tokenizers.items():
@@ -117,17 +130,32 @@ def build_output_vocabulary(source: str | Mapping[str, str], donor: Path, models
         perms[p] = perm
     if sorted(vocab.values()) != list(range(len(vocab))):
         raise ValueError("tokenizer_source: the output tokenizer's ids are not 0..n-1; it cannot index embedding rows")
-    return OutputVocabulary(out, vocab, perms)
+    return OutputVocabulary(out, vocab, perms, {p: tok.get_vocab() for p, tok in tokenizers.items()},
+                            dict(tokens or {}), pad_to_multiple_of)
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    """A ``tokenizer.tokens`` entry resolved to the inputs: ``model`` None is a zero row, else the row
+    ``row`` of input ``model`` (``row`` None: that input's own row of the token); ``force``: every input
+    takes it, even one that has the token."""
+
+    model: int | None
+    row: int | None = None
+    force: bool = False
 
 
 def align_vocab_rows(rows: Sequence[torch.Tensor], permutations: Sequence[Sequence[int]],
-                     base_index: int | None) -> list[torch.Tensor]:
+                     base_index: int | None, overrides: Mapping[int, TokenRow] | None = None,
+                     n_rows: int | None = None) -> list[torch.Tensor]:
     """Each model's vocabulary tensor re-indexed to the output vocabulary (pure).
 
     ``rows[m]`` is model m's tensor (tokens on dim 0), ``permutations[m][i]`` the row of output token i in
     model m (-1: absent), ``base_index`` the position of the base among the inputs (None: not an input).
     Missing rows follow the module's policy (one holder's row, else the base's, else the holders' mean,
-    else zeros)."""
+    else zeros); ``overrides`` (output id -> ``TokenRow``) replace that policy for their tokens. Rows past
+    the vocabulary up to ``n_rows`` (``pad_to_multiple_of``) are each model's mean row."""
+    overrides = overrides or {}
     n_out = len(permutations[0])
     dtype = rows[0].dtype
     for r in rows[1:]:
@@ -137,8 +165,16 @@ def align_vocab_rows(rows: Sequence[torch.Tensor], permutations: Sequence[Sequen
     shape = (n_out, *rows[0].shape[1:])
     defaults = torch.zeros(shape, dtype=dtype)
     count = present.sum(dim=0)
+    for i, rule in overrides.items():
+        if rule.model is not None:
+            row = perm[rule.model, i].item() if rule.row is None else rule.row
+            if row < 0 or row >= rows[rule.model].shape[0]:
+                raise ValueError(f"tokenizer.tokens: output token {i} has no row {row} in its source input")
+            defaults[i] = rows[rule.model][row].to(dtype)
     for i in torch.nonzero(count < len(rows)).flatten().tolist():
         holders = [m for m in range(len(rows)) if present[m, i]]
+        if i in overrides:
+            continue
         if len(holders) == 1:
             defaults[i] = rows[holders[0]][perm[holders[0], i]].to(dtype)
         elif holders and base_index is not None and present[base_index, i]:
@@ -148,10 +184,14 @@ def align_vocab_rows(rows: Sequence[torch.Tensor], permutations: Sequence[Sequen
             for m in holders:
                 acc = acc + rows[m][perm[m, i]].to(dtype)
             defaults[i] = acc / len(holders)
+    forced = torch.zeros(n_out, dtype=torch.bool)
+    forced[[i for i, rule in overrides.items() if rule.force]] = True
     out = []
     for m, r in enumerate(rows):
         aligned = defaults.clone()
-        idx = torch.nonzero(present[m]).flatten()
+        idx = torch.nonzero(present[m] & ~forced).flatten()
         aligned[idx] = r[perm[m, idx]].to(dtype)
+        if n_rows is not None and n_rows > n_out:
+            aligned = torch.cat([aligned, aligned.mean(dim=0, keepdim=True).expand(n_rows - n_out, *shape[1:])])
         out.append(aligned)
     return out
