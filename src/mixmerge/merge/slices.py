@@ -61,7 +61,10 @@ def merge_layout(layout: Mapping[str, Any], out: Path, *, overwrite: bool = Fals
     models = list(dict.fromkeys(src["model"] for s in layout["slices"] for src in s["sources"]))
     tok_src = layout.get("tokenizer_source")
     extra = [("tokenizer_source", Path(tok_src["model"]))] if isinstance(tok_src, Mapping) else []
+    base = layout.get("base")
     named = [(f"model {m}", Path(m)) for m in models] + extra
+    if base is not None and base not in models:  # the donor of config and tokenizer (linear slices)
+        named.append(("base_model", Path(base)))
     check_output(Path(out), named, overwrite=overwrite)
     configs = {}
     for label, p in named:
@@ -71,9 +74,9 @@ def merge_layout(layout: Mapping[str, Any], out: Path, *, overwrite: bool = Fals
         configs[str(p)] = V.read_config(p)
     _check_same_architecture(models, configs, vocab_free=tok_src is not None)
     slices = _with_ranges(layout["slices"], configs)
-    donor = layout.get("base") or slices[0]["sources"][0]["model"]
-    if donor not in configs:
-        configs[donor] = V.read_config(Path(donor)) or {}
+    donor = base or slices[0]["sources"][0]["model"]
+    if tok_src is None:  # one vocabulary: the same tokenizer everywhere (as the folder merge checks)
+        V.check_tokenizers(Path(donor), [Path(m) for m in models], "strict")
     remove_stale_temporaries(Path(out))
 
     vocab = build_output_vocabulary(tok_src, Path(donor), [Path(m) for m in models], layout.get("tokens"),
@@ -83,7 +86,7 @@ def merge_layout(layout: Mapping[str, Any], out: Path, *, overwrite: bool = Fals
     tmp = temp_folder_beside(out)
     try:
         plan = _plan(slices, slice_params, folders, vocab)
-        out_dtype = _output_dtype(slice_params, layout, configs[donor])
+        out_dtype = _output_dtype(layout, configs[donor])
         entries = [(p["name"], p["shape"], out_dtype if p["float"] else p["dtype"]) for p in plan]
         writer = StreamingShardWriter(tmp, entries, int(2000 * 1e6))
         for item, (name, _, dtype) in zip(plan, entries, strict=True):
@@ -260,7 +263,7 @@ def _scale_at(setting, name: str, n: int) -> float | None:
         return None
 
 
-def _output_dtype(slice_params, layout, donor_cfg) -> str:
+def _output_dtype(layout, donor_cfg) -> str:
     from mixmerge.dtypes import SAFETENSORS_NAMES
 
     requested = layout.get("out_dtype") or layout.get("dtype")
