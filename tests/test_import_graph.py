@@ -138,13 +138,13 @@ def test_no_upward_arrows():
 def test_merge_package_layers():
     """Inside merge/: the registry and pure helpers at the bottom, the engines above, the edge on top."""
     order = [
-        {"registry", "common", "tensor_names", "method_options",
+        {"registry", "common", "tensor_names", "method_options", "chat_templates",
          "deltas", "correlation_rule"},
         {"params", "kernels", "io", "fused", "fused.primitives", "fused.rng", "fused.select", "fused.della",
-         "fused.combine", "mergekit_methods",
+         "fused.combine", "mergekit_methods", "tokenizer_merge",
          "correlation_merge"},
-        {"mergekit_yaml", "validate", "output", "combine", "fast_gta", "fisher"},
-        {"config_group", "engine", "in_memory"},
+        {"mergekit_yaml", "validate", "output", "combine", "fast_gta", "fisher", "mergekit_layout"},
+        {"config_group", "engine", "in_memory", "slices"},
         {"standalone", "__init__"},
     ]
     order[2] |= {"lora_merge", "lora_io"}  # LoRA-native merging: ΔW math and adapter I/O

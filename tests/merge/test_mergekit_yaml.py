@@ -37,7 +37,7 @@ def test_global_density_and_weight():
 
 
 @pytest.mark.parametrize(("doc", "match"), [
-    ({"merge_method": "ties", "slices": []}, "'slices' is not supported"),
+    ({"merge_method": "ties", "slices": []}, "exactly one of 'models' and 'slices'"),
     ({"models": [{"model": "X"}]}, "no merge_method"),
     ({"merge_method": "ties", "modules": {"text_decoder": {}}}, "'modules' is not supported"),
 ])

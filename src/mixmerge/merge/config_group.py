@@ -37,11 +37,12 @@ def resolve_standalone_cfg(merge_cfg: Mapping[str, Any]) -> dict[str, Any]:
 class StandaloneRequest:
     """A ``strategy=merge`` run: what to merge, how, and where to."""
 
-    params: MergeParams
+    params: MergeParams | None  # None for a layout
     base: Path | None
     models: list[Path]
     output: Path
     overwrite: bool
+    layout: dict[str, Any] | None = None  # slices / tokenizer_source / chat_template (merge/slices.py)
 
 
 def standalone_request(merge_cfg: Mapping[str, Any]) -> StandaloneRequest:
@@ -57,6 +58,11 @@ def standalone_request(merge_cfg: Mapping[str, Any]) -> StandaloneRequest:
     overwrite = False if overwrite is None else overwrite
     if not isinstance(overwrite, bool):
         raise ValueError(f"merge.overwrite={overwrite!r} must be true or false")
+    if cfg.get("layout") is not None:
+        from mixmerge.merge.mergekit_layout import resolve_layout
+
+        resolve_layout(cfg["layout"])  # every value checked before any work
+        return StandaloneRequest(None, None, [], Path(cfg["output"]), overwrite, cfg["layout"])
     params = resolve_params(cfg, len(models))
     return StandaloneRequest(params, Path(cfg["base"]) if cfg.get("base") else None, [Path(m) for m in models],
                              Path(cfg["output"]), overwrite)
@@ -72,6 +78,11 @@ def validate_merge_config(merge_cfg: Mapping[str, Any], n_models: int | None = N
     if n_models is None:
         if merge_cfg.get("from_mergekit"):
             merge_cfg = resolve_standalone_cfg(merge_cfg)
+            if merge_cfg.get("layout") is not None:
+                from mixmerge.merge.mergekit_layout import resolve_layout
+
+                resolve_layout(merge_cfg["layout"])
+                return
         if merge_cfg.get("models"):
             n_models = len(merge_cfg["models"])
         elif merge_cfg.get("weights") is not None:

@@ -5,8 +5,9 @@ the peft adapter folder ADAPTER of the base), ``parameters`` at the top level an
 number, a layer gradient (a list of numbers) or filter rules (``[{filter, value}, ...]``), read as
 mergekit does (mergekit/config.py ``ConfigReader.parameter``): a model's own setting first, then the
 top-level one, then the method's default; ``dtype`` (the compute dtype, as in mergekit; also the output dtype
-without ``out_dtype``) and ``out_dtype`` (the output dtype). Refused with an error that names the key:
-``slices``, ``modules``, ``tokenizer_source``/``tokenizer``, ``chat_template``, what mergekit refuses
+without ``out_dtype``) and ``out_dtype`` (the output dtype); ``slices``, ``tokenizer_source``/``tokenizer``
+and ``chat_template`` (read by ``mergekit_layout.py``). Refused with an error that names the key:
+``modules``, what mergekit refuses
 (a model with no ``weight``, rules with no fallback for a required parameter), and any other key, with
 the closest known one (a typo such as ``densty`` must not merge untrimmed).
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from mixmerge.merge.mergekit_layout import LAYOUT_KEYS, Reader, read_layout
 from mixmerge.merge.method_options import (
     MERGEKIT_PER_MODEL,
     OPTION_KEYS,
@@ -34,8 +36,8 @@ GLOBAL = ("lambda", "normalize", "rescale", "t", "filter_wise", "int8_mask")
 SETTINGS = ("lambda", "t")  # the global keys that may be gradients or filter rules
 GLOBAL = (*GLOBAL, *OPTION_KEYS)  # SCE's, NuSLERP's, Multi-SLERP's and Karcher's settings (method_options.py)
 SETTINGS = (*SETTINGS, *SCHEDULED_OPTIONS)
-UNSUPPORTED = ("slices", "modules", "tokenizer_source", "tokenizer", "chat_template")
-TOP_LEVEL = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", *UNSUPPORTED)
+UNSUPPORTED = ("modules",)
+TOP_LEVEL = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", *UNSUPPORTED, *LAYOUT_KEYS)
 MODEL_ENTRY = ("model", "parameters")
 # The merge keys an imported file decides: the method YAML's defaults for them are dropped.
 IMPORTED_KEYS = ("weight", "weights", "density", "epsilon", "gamma", "lambda", "normalize", "rescale", "t")
@@ -57,6 +59,12 @@ def _rules(setting: Any, where: str) -> list[dict[str, Any]]:
             return [dict(rule) for rule in setting]
         _check_gradient(setting, where)
     return [{"filter": None, "value": setting}]
+
+
+def _chain(settings: Sequence[Any], where: str) -> Any:
+    """Settings, highest precedence first, as one setting (their rules in order); None when none is set."""
+    rules = [r for setting in settings for r in _rules(setting, where)]
+    return _simplify(rules) if rules else None
 
 
 def _check_gradient(value: Any, where: str) -> None:
@@ -90,21 +98,41 @@ def _adapter_of(model: str, base: Any, where: str) -> str:
 
 
 def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML") -> dict[str, Any]:
-    """Translate a parsed mergekit config into ``merge.*`` keys (method, base, models, weights, ...)."""
+    """Translate a parsed mergekit config into ``merge.*`` keys (method, base, models, weights, ...).
+
+    ``slices``, ``tokenizer_source``/``tokenizer`` and ``chat_template`` give a ``layout`` key
+    (``mergekit_layout.read_layout``) that the standalone merge runs through ``merge/slices.py``."""
     check_known_keys(doc, TOP_LEVEL, f"{source}: ")
     for key in UNSUPPORTED:
         if doc.get(key) is not None:
             raise ValueError(f"{source}: mergekit key {key!r} is not supported by merge.from_mergekit; "
                              f"use mergekit itself for that config")
-    top = doc.get("parameters") or {}
-    check_known_keys(top, (*PER_MODEL, *GLOBAL), f"{source}: parameters.")
+    if any(doc.get(key) is not None for key in LAYOUT_KEYS):
+        return read_layout(doc, source, Reader(models_to_merge_cfg, _chain))
+    return models_to_merge_cfg(doc, source, [doc.get("parameters") or {}])
+
+
+def models_to_merge_cfg(doc: Mapping[str, Any], source: str, scopes: Sequence[Mapping[str, Any]],
+                        *, in_slice: bool = False) -> dict[str, Any]:
+    """``merge_method``, ``base_model`` and ``models`` of ``doc`` as ``merge.*`` keys; ``scopes`` are the
+    shared ``parameters`` blocks, highest precedence first (a slice's, then the top level's: mergekit's
+    ``ConfigReader.parameter_sources``). ``in_slice``: the models are one output slice's sources, to which
+    mergekit adds no base (mergekit/plan.py ``normalize_config`` adds it to ``models:`` only)."""
+    for j, scope in enumerate(scopes):
+        check_known_keys(scope, (*PER_MODEL, *GLOBAL), f"{source}: parameters." if j == len(scopes) - 1
+                         else f"{source}: slice parameters.")
     for i, entry in enumerate(doc.get("models") or []):
         check_known_keys(entry, MODEL_ENTRY, f"{source}: models[{i}].")
         check_known_keys(entry.get("parameters") or {}, PER_MODEL, f"{source}: models[{i}].parameters.")
-    for key in GLOBAL:
-        if key not in SETTINGS and isinstance(top.get(key), Sequence) and not isinstance(top.get(key), str):
-            raise ValueError(f"{source}: parameters.{key}={top[key]!r}: a gradient or filter rules of {key} "
-                             f"are not supported; use {'one value' if key in OPTION_KEYS else 'true or false'}")
+    for scope in scopes:
+        for key in GLOBAL:
+            if key not in SETTINGS and isinstance(scope.get(key), Sequence) and not isinstance(scope.get(key), str):
+                raise ValueError(f"{source}: parameters.{key}={scope[key]!r}: a gradient or filter rules of {key} "
+                                 f"are not supported; use {'one value' if key in OPTION_KEYS else 'true or false'}")
+
+    def shared_rules(key: str) -> list[dict[str, Any]]:
+        return [r for scope in scopes for r in _rules(scope.get(key), f"{source}: parameters.{key}")]
+
     method = doc.get("merge_method")
     if not method:
         raise ValueError(f"{source}: no merge_method")
@@ -122,7 +150,7 @@ def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML")
             if len(others) != 1:
                 raise ValueError(f"{source}: {method} needs base_model and exactly one other model")
             entries = [{"model": str(base)}, others[0]]
-        elif row is not None and row.kind in ("linear", "karcher"):
+        elif row is not None and row.kind in ("linear", "karcher") and not in_slice:
             # mergekit/plan.py adds the base to the inputs, and linear averages every input (its weight:
             # the base's own entry, else parameters.weight); karcher too (its base policy: an input like any)
             if not any(e["model"] == str(base) for e in entries):
@@ -140,7 +168,7 @@ def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML")
         if key == "weight" and row is not None and row.kind == "model_stock":
             continue  # mergekit's model_stock reads no weights
         chains = [_rules((e.get("parameters") or {}).get(key), f"{source}: models[{i}].parameters.{key}")
-                  + _rules(top.get(key), f"{source}: parameters.{key}") for i, e in enumerate(entries)]
+                  + shared_rules(key) for i, e in enumerate(entries)]
         if key == "weight" and row is not None and (row.task_vector_family or method in REQUIRES_WEIGHT):
             for e, chain in zip(entries, chains, strict=True):
                 if not any(r.get("filter") in (None, "*") for r in chain):
@@ -160,11 +188,12 @@ def mergekit_to_merge_cfg(doc: Mapping[str, Any], source: str = "mergekit YAML")
         if key == "density":
             cfg[cfg_key] = [_cap_density(v, f"{source}: density of model {e['model']!r}")
                             for v, e in zip(cfg[cfg_key], entries, strict=True)]
-    for key, value in top.items():
+    for key in GLOBAL:
         if key in OPTION_KEYS and not any(o.key == key for o in OPTIONS.get(method, ())):
             continue  # another method's setting: mergekit does not read it
-        if key in GLOBAL and key != "int8_mask":
-            cfg[key] = _simplify(_rules(value, f"{source}: parameters.{key}")) if key in SETTINGS else value
+        given = [scope[key] for scope in scopes if scope.get(key) is not None]
+        if given and key != "int8_mask":
+            cfg[key] = _simplify(shared_rules(key)) if key in SETTINGS else given[0]
     if method in ("slerp", "nearswap") and cfg.get("t") is None:
         raise ValueError(f"{source}: {method} needs parameters.t (mergekit requires it)")
     for key in ("dtype", "out_dtype"):  # mergekit's compute and output dtypes

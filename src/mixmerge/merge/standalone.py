@@ -19,4 +19,8 @@ __all__ = ["resolve_standalone_cfg", "run"]
 def run(merge_cfg: Mapping[str, Any]) -> dict:
     """Merge ``merge.models`` of ``merge.base`` into ``merge.output``; return the merge report."""
     request = standalone_request(merge_cfg)
+    if request.layout is not None:  # a mergekit YAML with slices, tokenizer_source or chat_template
+        from mixmerge.merge.slices import merge_layout
+
+        return merge_layout(request.layout, request.output, overwrite=request.overwrite)
     return merge_folders(request.params, request.base, request.models, request.output, overwrite=request.overwrite)
