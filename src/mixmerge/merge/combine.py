@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from mixmerge.merge import kernels as K
+from mixmerge.merge import svd_merge as SVD
 from mixmerge.merge.params import MergeParams
 
 
@@ -67,6 +68,9 @@ def merge_whole(
         if fishers is None:
             params.require_fisher_paths(len(models))  # raises: names the field and the fix
         return K.fisher_weighted_average(models, fishers, params.weights, params.fisher_floor)
+    if params.method.svd_based:  # TSV-M, Iso-C, Iso-CTS
+        return SVD.svd_merge(kind, tensor_name, base, models, params.weights, params.lam,
+                             rank_fraction=params.tsv_rank_fraction, common_fraction=params.common_space_fraction)
     raise ValueError(f"merge kind {kind!r} of method {params.method.name!r} has no whole-weight kernel")
 
 
