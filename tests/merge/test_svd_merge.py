@@ -4,6 +4,7 @@ identities, the fallback to task arithmetic, parameter checks and the two engine
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -270,3 +271,96 @@ def test_standalone_merge_reads_the_group_and_refuses_bad_keys_before_work(tiny_
         run({"method": "tsv", "base": str(tiny_base), "models": [str(s) for s in specialists],
              "output": str(tmp_path / "never"), "tsv_rank_fraction": 0.9})
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("method", S.KINDS)
+def test_standalone_merge_of_each_method(method, tiny_base, specialists, tmp_path):
+    from mixmerge.merge.standalone import run
+
+    report = run({"method": method, "base": str(tiny_base), "models": [str(s) for s in specialists],
+                  "output": str(tmp_path / "merged"), "weight": 0.5, "lambda": 1.0})
+    assert report["method"] == method and (tmp_path / "merged" / "model.safetensors").is_file()
+
+
+# ---- wiring: the config group, the run's config check, the search spaces ----
+
+def _compose(overrides: list[str]) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from tests.conftest import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+
+
+@pytest.mark.parametrize("method", S.KINDS)
+def test_the_run_checks_the_svd_keys_before_any_work(method):
+    from mixmerge.config import ConfigError, validate_config
+
+    validate_config(_compose(["model=tiny", f"merge={method}"]))
+    bad = {"tsv": "merge.tsv_rank_fraction=0.75", "iso_c": "merge.lambda=oops",
+           "iso_cts": "merge.common_space_fraction=-0.1"}[method]
+    with pytest.raises((ConfigError, ValueError), match=bad.split("=")[0].replace(".", r"\.")):
+        validate_config(_compose(["model=tiny", f"merge={method}", bad]))
+    with pytest.raises((ConfigError, ValueError), match=rf"merge.method={method}"):
+        validate_config(_compose(["strategy=merge", f"merge={method}", "+merge.density=0.5"]))
+
+
+def test_a_mergekit_file_naming_an_svd_merge_is_refused_by_the_config_check(tmp_path):
+    from mixmerge.merge import validate_merge_config
+
+    path = tmp_path / "cfg.yml"
+    path.write_text("merge_method: tsv\nbase_model: b\nmodels:\n  - model: x\n    parameters: {weight: 1}\n")
+    with pytest.raises(ValueError, match=r"merge_method='tsv' is not a mergekit method"):
+        validate_merge_config({"method": "ties", "from_mergekit": str(path)})
+
+
+@pytest.mark.parametrize("method", S.KINDS)
+def test_search_space_is_valid_and_its_corners_resolve(method):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.mixmerge_optuna_sweeper._impl import parse_params
+    from mixmerge.sweep import space as sp
+    from tests.conftest import REPO
+
+    node = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "hparams_search" / "space" / f"{method}.yaml"))
+    specs, _ = parse_params([f"{k}={v}" for k, v in node[method]["params"].items()])
+    sp.validate_space(specs, [], node[method].get("domains", {}), "tpe")
+    for corner in ("low", "high"):
+        cfg = {"method": method, **{s.name.removeprefix("merge."): getattr(s, corner) for s in specs}}
+        resolve_params(cfg, 2)
+
+
+@pytest.mark.slow
+def test_compare_and_standalone_runs_of_the_three_methods(tmp_path):
+    """`python run.py model=tiny merge=X` under strategy=compare (one multirun, the specialists trained once),
+    and the standalone command on its specialists."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    fast = ["model=tiny", "logger=none", "trainer.max_steps=2", "task.max_train_examples=16",
+            "task.max_eval_examples=8", "eval=quick", "eval.loss.limit=8", "analysis.enabled=false",
+            "strategy.variants=[merged]", f"cache.root={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.run([sys.executable, "run.py", "-m", "merge=tsv,iso_c,iso_cts", *fast], cwd=REPO,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    methods = set()
+    for job in sorted((tmp_path / "sweep").glob("[0-9]*")):
+        merged = json.loads((job / "metrics.json").read_text())["variants"]["merged"]
+        assert 5.0 < merged["metrics"]["codegen/loss"] < 12.0
+        methods.add(json.loads((Path(merged["artifact"]) / "merge_report.json").read_text())["method"])
+    assert methods == set(S.KINDS)
+
+    base = next(p for p in (tmp_path / "cache" / "base").iterdir() if p.is_dir())
+    specs = sorted(p for p in (tmp_path / "cache" / "specialist").iterdir() if p.is_dir())
+    proc = subprocess.run([sys.executable, "run.py", "-m", "strategy=merge", "merge=tsv,iso_c,iso_cts",
+                           f"merge.base={base}", f"merge.models=[{specs[0]},{specs[1]}]",
+                           f"merge.output={tmp_path / 'out'}/${{merge.method}}", "eval=none", "logger=none",
+                           "analysis.enabled=false", f"hydra.sweep.dir={tmp_path / 'merge_sweep'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for method in S.KINDS:
+        assert json.loads((tmp_path / "out" / method / "merge_report.json").read_text())["method"] == method
