@@ -157,6 +157,17 @@ def test_iso_c_of_one_task_keeps_its_singular_vectors_and_flattens_its_spectrum(
                                                                         dtype=torch.float64), rtol=1e-5, atol=1e-6)
 
 
+def test_tsv_with_a_zero_share_keeps_only_the_other_tasks_directions():
+    """A weight of 0 removes the task's singular values, not its place in the decorrelation: with
+    orthogonal tasks that is exactly the other task's matrix."""
+    left, right = _orthonormal(8, 21), _orthonormal(10, 22)
+    base = _rand(8, 10, seed=23)
+    d0 = left[:, :4] @ torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.5], dtype=torch.float64)) @ right[:, :4].T
+    d1 = left[:, 4:] @ torch.diag(torch.tensor([1.0, 0.7, 0.4, 0.2], dtype=torch.float64)) @ right[:, 4:8].T
+    got = _merge("tsv", base, [base + d0, base + d1], weights=[1.0, 0.0])
+    torch.testing.assert_close(got, base + 2 * d0, rtol=1e-5, atol=1e-5)  # share of task 0: T w / sum w = 2
+
+
 def test_iso_cts_with_the_whole_rank_common_is_iso_c():
     base, models = _inputs((10, 12), 3, seed=9)
     torch.testing.assert_close(_merge("iso_cts", base, models, common_space_fraction=1.0),
@@ -242,6 +253,13 @@ def test_streamed_and_in_memory_merges_match_the_kernel(method, tiny_base, speci
     model = InMemoryMerger(tiny_base, specialists)
     for name, tensor, _ in model.merged_tensors(cfg):
         torch.testing.assert_close(tensor, merged[name].float(), rtol=2e-5, atol=2e-6)
+    # A second trial with other weights and lambda (TSV-M reuses its cached singular vectors).
+    assert len(model._tsv_cache) == (rewritten if method == "tsv" else 0)
+    trial = {"method": method, "weights": [0.1, 0.9], "lambda": 1.7}
+    params = resolve_params(trial, 2)
+    for name, tensor, _ in model.merged_tensors(trial):
+        expected, _ = merge_tensor(name, base_sd[name], [s[name] for s in spec_sd], params)
+        torch.testing.assert_close(tensor, expected, rtol=2e-5, atol=2e-6)
 
 
 def test_a_nan_input_is_named_before_the_svd_fails(tiny_base, specialists, tmp_path):

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -79,19 +80,44 @@ def tsv_kept_rank(rank: int, n_models: int, rank_fraction: float | None = None) 
     return max(1, math.floor(rank_fraction * rank + 1e-9))  # the epsilon: 0.3 * 10 must be 3, not 2
 
 
-def tsv_merge(deltas: Sequence[torch.Tensor], rank_fraction: float | None = None) -> torch.Tensor:
-    """TSV-M's merged task matrix (no lambda): the top k singular triplets of each task, decorrelated."""
-    rank = min(deltas[0].shape)
-    k = tsv_kept_rank(rank, len(deltas), rank_fraction)
+@dataclass(frozen=True)
+class TsvFactors:
+    """TSV-M's decorrelated singular vectors of one matrix and each task's kept singular values: they depend
+    on the task matrices and the kept rank only, so a sweep computes them once and every trial's weights
+    just rescale the singular values (``tsv_from_factors``)."""
+
+    u_perp: torch.Tensor  # (m, T k): orthonormal columns
+    singular: torch.Tensor  # (T, k): task t's top k singular values
+    vh_perp: torch.Tensor  # (T k, n): orthonormal rows
+
+
+def tsv_factors(taus: Sequence[torch.Tensor], rank_fraction: float | None = None) -> TsvFactors:
+    """The top k singular triplets of each task matrix, the vectors decorrelated (Procrustes)."""
+    rank = min(taus[0].shape)
+    k = tsv_kept_rank(rank, len(taus), rank_fraction)
     us, ss, vhs = [], [], []
-    for d in deltas:
-        u, s, vh = torch.linalg.svd(d, full_matrices=False)
+    for tau in taus:
+        u, s, vh = torch.linalg.svd(tau, full_matrices=False)
         us.append(u[:, :k])
         ss.append(s[:k])
         vhs.append(vh[:k])
-    u_perp = closest_orthogonal(torch.cat(us, dim=1))
-    vh_perp = closest_orthogonal(torch.cat(vhs, dim=0))
-    return (u_perp * torch.cat(ss)) @ vh_perp
+    return TsvFactors(closest_orthogonal(torch.cat(us, dim=1)), torch.stack(ss),
+                      closest_orthogonal(torch.cat(vhs, dim=0)))
+
+
+def tsv_from_factors(factors: TsvFactors, shares: Sequence[float] | None = None) -> torch.Tensor:
+    """TSV-M's merged task matrix U_perp diag(c_t S_t) V_perp^T: task t's singular values times its share
+    (the SVD of c_t Delta_t is U_t (c_t S_t) V_t^T, so for c_t > 0 this is TSV-M of the scaled matrices; a
+    zero share keeps the task's directions in the decorrelation, with zero weight)."""
+    singular = factors.singular
+    if shares is not None:
+        singular = singular * torch.tensor(list(shares), dtype=singular.dtype, device=singular.device)[:, None]
+    return (factors.u_perp * singular.reshape(-1)) @ factors.vh_perp
+
+
+def tsv_merge(deltas: Sequence[torch.Tensor], rank_fraction: float | None = None) -> torch.Tensor:
+    """TSV-M's merged task matrix (no lambda): the top k singular triplets of each task, decorrelated."""
+    return tsv_from_factors(tsv_factors(deltas, rank_fraction))
 
 
 def iso_c_merge(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -131,8 +157,10 @@ def iso_cts_merge(deltas: Sequence[torch.Tensor],
 
 def svd_merge(kind: str, tensor_name: str, base: torch.Tensor, models: Sequence[torch.Tensor],
               weights: Sequence[float], lam: float, *, rank_fraction: float | None = None,
-              common_fraction: float = DEFAULT_COMMON_SPACE_FRACTION) -> torch.Tensor:
-    """One tensor through TSV-M, Iso-C or Iso-CTS (``kind``): theta_0 + lambda Delta, float32."""
+              common_fraction: float = DEFAULT_COMMON_SPACE_FRACTION,
+              factors: TsvFactors | None = None) -> torch.Tensor:
+    """One tensor through TSV-M, Iso-C or Iso-CTS (``kind``): theta_0 + lambda Delta, float32.
+    ``factors``: TSV-M's ``tsv_factors`` of these task matrices, computed earlier (a sweep's cache)."""
     if kind not in KINDS:
         raise ValueError(f"{kind!r} is not an SVD merge; known: {', '.join(KINDS)}")
     base32 = base.float()
@@ -140,11 +168,11 @@ def svd_merge(kind: str, tensor_name: str, base: torch.Tensor, models: Sequence[
     if not svd_applies(tensor_name, base32.shape, len(models)):
         return K.merge_task_vectors(torch.stack(taus), weights, consensus=None, normalize=True, lam=lam,
                                     base=base32)
-    deltas = [c * tau for c, tau in zip(task_shares(weights, tensor_name), taus, strict=True)]
+    shares = task_shares(weights, tensor_name)
     if kind == "tsv":
-        merged = tsv_merge(deltas, rank_fraction)
+        merged = tsv_from_factors(factors if factors is not None else tsv_factors(taus, rank_fraction), shares)
     elif kind == "iso_c":
-        merged = iso_c_merge(deltas)
+        merged = iso_c_merge([c * tau for c, tau in zip(shares, taus, strict=True)])
     else:
-        merged = iso_cts_merge(deltas, common_fraction)
+        merged = iso_cts_merge([c * tau for c, tau in zip(shares, taus, strict=True)], common_fraction)
     return base32 + lam * merged
