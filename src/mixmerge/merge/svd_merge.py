@@ -30,7 +30,8 @@ isotropic rewrite would spread them over every token, and their SVD is the large
 matrices with fewer than T rows or columns (no direction per task).
 
 SVDs run in float32: their relative error (~1e-6 of the largest singular value) is far below the bfloat16
-rounding of the output (~4e-3), and float64 would double the time and memory of the largest matrices.
+rounding of the output (~4e-3), and float64 costs 1.8x the time (0.30 s against 0.17 s for one 1536 x 576
+SVD on one CPU thread) and twice the memory.
 """
 
 from __future__ import annotations
