@@ -141,7 +141,7 @@ def test_merge_package_layers():
         {"registry", "common", "tensor_names"},
         {"params", "kernels", "io", "fused", "fused.primitives", "fused.rng", "fused.select", "fused.della",
          "fused.combine"},
-        {"mergekit_yaml", "validate", "output", "combine", "fast_gta", "fisher"},
+        {"mergekit_yaml", "validate", "output", "combine", "fast_gta", "fisher", "svd_merge"},
         {"config_group", "engine", "in_memory"},
         {"standalone", "__init__"},
     ]
