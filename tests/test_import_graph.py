@@ -143,7 +143,7 @@ def test_merge_package_layers():
         {"params", "kernels", "io", "fused", "fused.primitives", "fused.rng", "fused.select", "fused.della",
          "fused.combine", "mergekit_methods", "tokenizer_merge",
          "correlation_merge"},
-        {"mergekit_yaml", "validate", "output", "combine", "fast_gta", "fisher", "mergekit_layout"},
+        {"mergekit_yaml", "validate", "output", "combine", "fast_gta", "fisher", "mergekit_layout", "svd_merge"},
         {"config_group", "engine", "in_memory", "slices"},
         {"standalone", "__init__"},
     ]

@@ -9,6 +9,7 @@ import torch
 from mixmerge.merge import kernels as K
 from mixmerge.merge import mergekit_methods as MK
 from mixmerge.merge.correlation_merge import Measurement, merge_correlated
+from mixmerge.merge import svd_merge as SVD
 from mixmerge.merge.params import MergeParams
 
 
@@ -81,6 +82,9 @@ def merge_whole(
         from mixmerge.merge.regmean import regmean_tensor
 
         return regmean_tensor(models, grams, params.weights, params.alpha)
+    if params.method.svd_based:  # TSV-M, Iso-C, Iso-CTS
+        return SVD.svd_merge(kind, tensor_name, base, models, params.weights, params.lam,
+                             rank_fraction=params.tsv_rank_fraction, common_fraction=params.common_space_fraction)
     raise ValueError(f"merge kind {kind!r} of method {params.method.name!r} has no whole-weight kernel")
 
 

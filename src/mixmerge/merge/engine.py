@@ -127,6 +127,7 @@ def merge_folders(merge_cfg: Mapping[str, Any] | MergeParams, base: Path | None,
     # Without sparsification a NaN/Inf in any input reaches the output (0 * NaN is NaN), so checking the
     # output is enough; a sparsifier could drop it silently, so there every input is checked.
     inputs_can_vanish = method.sparsify is not None
+    inputs_can_vanish = inputs_can_vanish or method.svd_based  # an SVD of a NaN fails without naming the input
     compute = compute_dtype_name(params)
     fusable = compute == "float32" and (method.kind == "linear" or fast_gta.applies(params, "cpu"))
     fused = FusedBuffers(len(models), shapes, names, base_src) if fusable else None

@@ -12,6 +12,7 @@ import torch
 
 from mixmerge.merge import fast_gta
 from mixmerge.merge import kernels as K
+from mixmerge.merge import svd_merge as SVD
 from mixmerge.merge import validate as V
 from mixmerge.merge.combine import (
     combine_sparse,
@@ -74,6 +75,7 @@ class InMemoryMerger:
                 s.close()
         self._fisher_cache: dict[tuple[str, ...], list[dict[str, torch.Tensor]]] = {}
         self._measured: dict[str, Measurement] = {}  # merge=correlation's per-tensor statistics
+        self._tsv_cache: dict[str, tuple[float | None, SVD.TsvFactors]] = {}  # TSV-M: name -> (rank fraction, factors)
 
     def _fishers(self, paths: Sequence[str]) -> list[dict[str, torch.Tensor]]:
         key = tuple(str(p) for p in paths)
@@ -110,7 +112,12 @@ class InMemoryMerger:
             if fused:
                 yield name, *self._merge_fused(name, base, deltas, tp, cache, (targets or {}).get(name))
                 continue
-            if kind == "gta":
+            if params.method.svd_based:
+                stats = None
+                merged = SVD.svd_merge(kind, name, base, [base + d for d in deltas], tp.weights, tp.lam,
+                                       rank_fraction=tp.tsv_rank_fraction, common_fraction=tp.common_space_fraction,
+                                       factors=self._tsv_factors_of(name, base, deltas, tp))
+            elif kind == "gta":
                 stacked = cache.get(name) if cache is not None else None
                 if stacked is None:
                     stacked = sparsify_stack(name, deltas, tp)
@@ -144,6 +151,19 @@ class InMemoryMerger:
         finally:
             for g in grams:
                 g.close()
+
+
+    def _tsv_factors_of(self, name, base, deltas, params):
+        """TSV-M's singular vectors and values of one tensor (None for the other SVD merges and for tensors it
+        leaves to task arithmetic): computed on the first trial and kept while the rank fraction stays, so
+        later trials (new weights, lambda) only rescale and multiply."""
+        if params.method.kind != "tsv" or not self.cache_sparse or not SVD.svd_applies(name, base.shape, len(deltas)):
+            return None
+        cached = self._tsv_cache.get(name)
+        if cached is None or cached[0] != params.tsv_rank_fraction:
+            cached = (params.tsv_rank_fraction, SVD.tsv_factors(list(deltas), params.tsv_rank_fraction))
+            self._tsv_cache[name] = cached
+        return cached[1]
 
     def _merge_fused(self, name, base, deltas, params, cache, target):
         """A task-vector method through the fused CPU kernels; the sparsity plan (thresholds, DELLA's

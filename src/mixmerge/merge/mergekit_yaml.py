@@ -141,6 +141,10 @@ def models_to_merge_cfg(doc: Mapping[str, Any], source: str, scopes: Sequence[Ma
         raise ValueError(f"{source}: base_model={base!r} applies a LoRA to the base; merge that LoRA into the "
                          f"base first, or list it as a model (BASE+ADAPTER)")
     row = METHODS.get(method)  # mergekit names only (not our aliases); an unknown method is refused later
+    if row is not None and not row.in_mergekit:
+        raise ValueError(f"{source}: merge_method={method!r} is not a mergekit method (mergekit 0.1.5 has none by "
+                         f"that name), so a mergekit YAML cannot ask for it; run merge={method} merge.base=BASE "
+                         f"'merge.models=[A,B]' merge.output=OUT instead")
     entries = [dict(e) for e in (doc.get("models") or [])]
     for i, e in enumerate(entries):
         e["model"] = _adapter_of(str(e.get("model")), base, f"{source}: models[{i}].model")

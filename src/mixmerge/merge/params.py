@@ -48,6 +48,7 @@ PARAM_KEYS += ("output_format", "adapter_rank")
 OUTPUT_FORMATS = ("model", "adapter")
 # RegMean / RegMean++ (merge/regmean.py): the off-diagonal scale, the Gram folders, the batches that estimate them
 PARAM_KEYS += ("alpha", "gram_paths", "gram_batches")
+PARAM_KEYS = (*PARAM_KEYS, "tsv_rank_fraction", "common_space_fraction")  # the SVD merges (svd_merge.py)
 
 
 def check_known_keys(keys, known: Sequence[str], where: str) -> None:
@@ -240,6 +241,8 @@ class MergeParams:
     # The method's own settings (method_options.OPTIONS: select_topk, nuslerp_flatten, ...), every one resolved
     # to its value or default; select_topk as a Schedule (it may vary by tensor).
     options: dict[str, Any] = field(default_factory=dict)
+    tsv_rank_fraction: float | None = None  # TSV-M: share of each matrix's rank kept per task; None: 1/T (the paper's)
+    common_space_fraction: float | None = None  # Iso-CTS: share of the rank from the summed task matrices
 
     def for_tensor(self, tensor_name: str, n_layers: int) -> MergeParams:
         """The parameters of one tensor: every scheduled value evaluated at its layer (and filters)."""
@@ -280,6 +283,8 @@ class MergeParams:
                 "epsilon": self.epsilons, "gamma": self.gammas, "lambda": self.lam,
                 "normalize": self.normalize, "rescale": self.rescale, "t": [list(r[1]) for r in self.t.rules],
                 "seed": self.seed, "dtype": self.dtype, "out_dtype": self.out_dtype, "vocab_policy": self.vocab_policy,
+                **({"tsv_rank_fraction": self.tsv_rank_fraction, "common_space_fraction": self.common_space_fraction}
+                   if self.method.svd_based else {}),
                 **({"by_tensor": {f"{name}[{i}]" if i >= 0 else name: [[p, list(v)] for p, v in s.rules]
                                   for name, i, s in self.schedules}} if self.schedules else {}),
                 **({"correlation": self.correlation.as_report()} if self.correlation is not None else {}),
@@ -397,8 +402,10 @@ def resolve_params(merge_cfg: Mapping[str, Any] | MergeParams, n_models: int) ->
                          f"the check)")
     output_format, adapter_rank = _resolve_output_format(merge_cfg)
     alpha, gram_paths = _regmean_settings(merge_cfg, method, weights, n_models)
+    rank_fraction, common_fraction = _svd_settings(merge_cfg, method, n_models, every("weights", weights))
     params = MergeParams(
         output_format=output_format, adapter_rank=adapter_rank, alpha=alpha, gram_paths=gram_paths,
+        tsv_rank_fraction=rank_fraction, common_space_fraction=common_fraction,
         method=method, weights=weights, densities=densities, epsilons=epsilons, gammas=gammas,
         lam=float(lam), normalize=normalize, rescale=mode if rescale else None,
         t=parse_t(merge_cfg.get("t"), unit_interval=method.kind != "nearswap"),
@@ -511,3 +518,46 @@ def _regmean_settings(merge_cfg: Mapping[str, Any], method: MergeMethod, weights
         raise ValueError(f"merge.weights={weights} for {method.name} must be non-negative with a positive sum "
                          f"(they weight each specialist's squared error)")
     return float(alpha), None if paths is None else tuple(str(p) for p in paths)
+
+
+def _svd_settings(merge_cfg: Mapping[str, Any], method: MergeMethod, n_models: int,
+                  weight_values: list[list[float]]) -> tuple[float | None, float | None]:
+    """``tsv_rank_fraction`` and ``common_space_fraction`` checked, and what the SVD merges (TSV-M, Iso-C,
+    Iso-CTS; svd_merge.py) cannot take refused, each error naming its key."""
+    rank_fraction, common = merge_cfg.get("tsv_rank_fraction"), merge_cfg.get("common_space_fraction")
+    for key, value, owner in (("tsv_rank_fraction", rank_fraction, "tsv"), ("common_space_fraction", common, "iso_cts")):
+        if value is not None and method.name != owner:
+            raise ValueError(f"merge.{key} is a setting of merge.method={owner}, not of {method.name}; remove it")
+    if not method.svd_based:
+        return None, None
+    for key in ("density", "epsilon", "gamma"):
+        if merge_cfg.get(key) is not None:
+            raise ValueError(f"merge.{key} is not a parameter of merge.method={method.name} (it keeps singular "
+                             f"directions of whole matrices, not entries); remove it")
+    if merge_cfg.get("normalize") is False:
+        raise ValueError(f"merge.normalize=false: merge.method={method.name} always takes the weights as the "
+                         f"tasks' shares (task t's matrix enters as T w_t / sum w); scale the merge with merge.lambda")
+    if merge_cfg.get("rescale") is True:
+        raise ValueError(f"merge.rescale=true: merge.method={method.name} drops no entries, so nothing is rescaled; "
+                         f"remove it")
+    for i, values in enumerate(weight_values):
+        if any(w < 0 for w in values):
+            raise ValueError(f"merge.weights[{i}]={values} is negative; merge.method={method.name} takes the weights "
+                             f"as the tasks' shares of the merge (non-negative, positive sum)")
+    if not sum(values[0] for values in weight_values) > 0:
+        raise ValueError(f"merge.weights sum to 0; merge.method={method.name} takes them as the tasks' shares (give "
+                         f"a positive sum)")
+    if rank_fraction is not None:
+        rank_fraction = as_number(rank_fraction, "merge.tsv_rank_fraction")
+        if not 0 < rank_fraction <= 1 / n_models + 1e-12:
+            raise ValueError(f"merge.tsv_rank_fraction={rank_fraction} is outside (0, 1/{n_models}]: each of the "
+                             f"{n_models} tasks keeps that share of a matrix's singular directions, and together they "
+                             f"must fit in its rank (null: 1/{n_models}, the paper's)")
+    if method.default_common_space_fraction is None:
+        return rank_fraction, None
+    common = method.default_common_space_fraction if common is None else as_number(common,
+                                                                                   "merge.common_space_fraction")
+    if not 0 <= common <= 1:
+        raise ValueError(f"merge.common_space_fraction={common} is outside [0, 1]: the share of each matrix's rank "
+                         f"taken from the summed task matrices (1 gives Iso-C; the paper's 0.8)")
+    return rank_fraction, common

@@ -28,6 +28,8 @@ class MergeMethod:
     reference_url: str = ""
     default_epsilon: float = 0.0  # DELLA's spread of keep probabilities (mergekit: 0.15)
     default_gamma: float = 0.0  # Breadcrumbs' dropped outlier fraction (mergekit: 0.01)
+    in_mergekit: bool = True  # False: mergekit 0.1.5 has no such merge_method, so a mergekit YAML naming it is refused
+    default_common_space_fraction: float | None = None  # Iso-CTS's common-subspace share of the rank (paper: 0.8)
 
     @property
     def task_vector_family(self) -> bool:
@@ -37,6 +39,11 @@ class MergeMethod:
     @property
     def randomized(self) -> bool:
         return self.sparsify in ("random", "della")
+
+    @property
+    def svd_based(self) -> bool:
+        """TSV-M, Iso-C, Iso-CTS: per weight matrix from the task matrices' SVDs (``svd_merge.py``)."""
+        return self.kind in ("tsv", "iso_c", "iso_cts")
 
 
 _ROWS = (
@@ -78,6 +85,13 @@ _ROWS = (
     # differs only in its Grams (inputs from the merged model's earlier layers).
     MergeMethod("regmean", "regmean", needs_base=False, reference_url="https://arxiv.org/abs/2212.09849"),
     MergeMethod("regmean_plus", "regmean", needs_base=False, reference_url="https://arxiv.org/abs/2508.03121"),
+    # The SVD merges (kinds tsv, iso_c, iso_cts; svd_merge.py): normalize=True, the weights are the tasks' shares.
+    MergeMethod("tsv", "tsv", default_normalize=True, in_mergekit=False,
+                reference_url="https://arxiv.org/abs/2412.00081"),
+    MergeMethod("iso_c", "iso_c", default_normalize=True, in_mergekit=False,
+                reference_url="https://arxiv.org/abs/2502.04959"),
+    MergeMethod("iso_cts", "iso_cts", default_normalize=True, in_mergekit=False, default_common_space_fraction=0.8,
+                reference_url="https://arxiv.org/abs/2502.04959"),
 )
 
 METHODS: dict[str, MergeMethod] = {row.name: row for row in _ROWS}
