@@ -102,13 +102,14 @@ def test_methods_runs_selects_on_validation_and_writes_table_json_and_figure(com
 
     cfg = compose_cfg("strategy=methods", "strategy.candidates.dare=null", "strategy.candidates.della=null",
                       "strategy.candidates.ties.grid.weight=[0.2,0.8]", "strategy.candidates.linear.grid.weight=[0.5]",
-                      "strategy.candidates.layerwise.layerwise.blocks=2", "strategy.candidates.layerwise.n_trials=2")
+                      "strategy.candidates.layerwise.layerwise.blocks=2", "strategy.candidates.layerwise.n_trials=2",
+                      *(f"strategy.candidates.{c}=null" for c in ("regmean", "regmean_plus", "iso_c", "iso_cts")))
     validate_config(cfg)
     objective, run_dir = run_strategy(run, cfg)
     record = json.loads((run_dir / "methods.json").read_text())
     assert set(record["variants"]) == {"base", "specialist/codegen", "specialist/codesum", "mixture",
                                        "merged/linear", "merged/ties", "merged/fisher", "merged/correlation",
-                                       "merged/layerwise"}
+                                       "merged/tsv", "merged/layerwise"}
     search = record["selection"]["merged/layerwise"]
     assert len(search["scored"]) == 2 and set(search["scored"][0]["layerwise"]["point"].values()) == {0.0}
     assert search["scored"][1]["layerwise"]["point"] != search["scored"][0]["layerwise"]["point"]

@@ -8,8 +8,8 @@ import torch
 
 from mixmerge.merge import kernels as K
 from mixmerge.merge import mergekit_methods as MK
-from mixmerge.merge.correlation_merge import Measurement, merge_correlated
 from mixmerge.merge import svd_merge as SVD
+from mixmerge.merge.correlation_merge import Measurement, merge_correlated
 from mixmerge.merge.params import MergeParams
 
 
