@@ -102,7 +102,7 @@ def test_methods_runs_selects_on_validation_and_writes_table_json_and_figure(com
 
     cfg = compose_cfg("strategy=methods", "strategy.candidates.dare=null", "strategy.candidates.della=null",
                       "strategy.candidates.ties.grid.weight=[0.2,0.8]", "strategy.candidates.linear.grid.weight=[0.5]",
-                      "strategy.candidates.layerwise.layerwise.blocks=2", "strategy.candidates.layerwise.n_trials=2",
+                      "strategy.candidates.layerwise.n_trials=2",  # K = model=tiny's 2 layers by default
                       *(f"strategy.candidates.{c}=null" for c in ("regmean", "regmean_plus", "iso_c", "iso_cts")))
     validate_config(cfg)
     objective, run_dir = run_strategy(run, cfg)
