@@ -389,10 +389,12 @@ def _id(c: DocCommand) -> str:
 
 def _is_slow(c: DocCommand) -> bool:
     """A multirun that really runs (9-15 jobs, or an Optuna study) or a report on the documented grid:
-    together several minutes of CPU on the tiny model, so `make test-slow` runs them; the demo's grid
+    together several minutes of CPU on the tiny model, so `make test-slow` runs them (so does
+    ``experiment=methods``: tests/strategy/test_methods.py runs the strategy in `make test`); the demo's grid
     stays in `make test` (the command issue 19 names)."""
     sweep = c.args[:1] == ["-m"] and not DocRunner.is_compose_only(c.text) and "experiment=demo" not in c.args
-    return sweep or "DATE/TIME" in c.text or "strategy.sweep_dir=..." in c.args
+    methods = "experiment=methods" in c.args  # every merge method, chosen and evaluated: minutes on the tiny model
+    return sweep or methods or "DATE/TIME" in c.text or "strategy.sweep_dir=..." in c.args
 
 
 @pytest.mark.parametrize("command", [pytest.param(c, marks=[pytest.mark.slow] if _is_slow(c) else [])
