@@ -3,8 +3,8 @@
 A row is ``Case(name, doc, models=..., random=...)``. ``doc`` is the mergekit YAML as a dict in which the
 strings ``BASE``, ``M1``, ``M2``, ``M3`` (the random models of the row's architecture and dtype) and
 ``ADAPTER`` (a peft LoRA of BASE) stand for folders; ``random`` marks the methods whose masks are random
-(compared statistically, never bit for bit). A method mixmerge does not know at run time (``sce``,
-``nuslerp``, ... until their branches land) is reported as skipped, not as a mismatch.
+(compared statistically, never bit for bit). A method one tool does not know at run time (mergekit's
+methods that mixmerge lacks) is reported as skipped, not as a mismatch.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def method_doc(method: str) -> dict[str, Any]:
 
 SHARED_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",
                   "della", "della_linear", "slerp", "model_stock")
-NEWER_METHODS = ("sce", "nuslerp", "multislerp", "karcher", "nearswap")  # run when mixmerge knows them
+NEWER_METHODS = ("sce", "nuslerp", "multislerp", "karcher", "nearswap")  # mergekit's methods beyond the study's
 
 
 def _method_cases() -> list[Case]:

@@ -173,6 +173,20 @@ def cut_ties(deltas: list[torch.Tensor], sparsify: str, densities: list[float], 
     return tied
 
 
+def variance_cut_ties(deltas: list[torch.Tensor], fraction: float) -> torch.Tensor:
+    """SCE's cut: positions whose variance across the models' task vectors (in the deltas' dtype) ties at the
+    top-k cut, k = int(fraction * nonzero variances), as mergekit/merge_methods/sce.py selects them."""
+    var = torch.var(torch.stack(deltas), dim=0, unbiased=False).abs().float()
+    tied = torch.zeros(var.shape, dtype=torch.bool)
+    k = int(torch.count_nonzero(var) * fraction)
+    if fraction >= 1 or k == 0:
+        return tied
+    descending = var.reshape(-1).sort(descending=True).values
+    if k < descending.numel() and descending[k - 1] == descending[k]:  # kept k-1 vs dropped k tie
+        tied |= var == descending[k]
+    return tied
+
+
 def delta_summary(merged: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor],
                   scales: Mapping[str, float] | None = None) -> tuple[int, int, float, float]:
     """(entries, changed entries, mean, std of the changed entries' (merged - base) / scales[name]), pooled

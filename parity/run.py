@@ -24,7 +24,7 @@ import yaml
 from safetensors.torch import load_file
 
 from parity.cases import CASES, Case
-from parity.classify import MISMATCH, SKIPPED, Outcome, Verdict, classify, cut_ties
+from parity.classify import MISMATCH, SKIPPED, Outcome, Verdict, classify, cut_ties, variance_cut_ties
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def run_mixmerge(config: Path, out: Path) -> Outcome:
 
 def tie_finder(config: Path):
     """For a magnitude-trimmed method (TIES, breadcrumbs): tensor name -> positions where some model's
-    |task vector| ties at its cut, in float32 and in the inputs' or ``dtype``'s precision (mergekit's
+    |task vector| ties at its cut (for SCE: where the task vectors' variance ties at its top-k cut), in float32 and in the inputs' or ``dtype``'s precision (mergekit's
     compute dtype); None for other methods. Densities per tensor come from mixmerge's reading of the YAML."""
     from mixmerge.merge.config_group import standalone_request
 
@@ -73,8 +73,8 @@ def tie_finder(config: Path):
         req = standalone_request({"from_mergekit": str(config), "output": str(config.with_suffix(".unused"))})
     except ValueError:
         return None
-    sparsify = req.params.method.sparsify
-    if sparsify not in ("magnitude", "breadcrumbs") or req.base is None:
+    sparsify = "variance" if req.params.method.kind == "sce" else req.params.method.sparsify
+    if sparsify not in ("magnitude", "breadcrumbs", "variance") or req.base is None:
         return None
     base = load_tensors(req.base)
     models = [load_tensors(m) for m in req.models]
@@ -86,7 +86,8 @@ def tie_finder(config: Path):
         mask = torch.zeros(base[name].shape, dtype=torch.bool)
         for dt in dtypes:
             deltas = [m[name].to(dt) - base[name].to(dt) for m in models]
-            mask |= cut_ties(deltas, sparsify, list(tp.densities), list(tp.gammas))
+            mask |= (variance_cut_ties(deltas, float(tp.options["select_topk"].at(name, n_layers)))
+                     if sparsify == "variance" else cut_ties(deltas, sparsify, list(tp.densities), list(tp.gammas)))
         return mask
 
     return ties

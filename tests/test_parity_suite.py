@@ -22,6 +22,7 @@ from parity.classify import (
     Outcome,
     classify,
     cut_ties,
+    variance_cut_ties,
 )
 from parity.run import _substitute
 
@@ -130,3 +131,13 @@ def test_classifier_accepts_differences_only_at_tied_cuts():
     assert classify(Outcome(x), Outcome(z), random=False, ties=lambda name: tied).label == MISMATCH
     bread = cut_ties([delta], "breadcrumbs", [0.5], [0.125])  # n=8: bottom 3, keep 4 -> upper cut at 7
     assert not bread.any()
+
+
+def test_variance_cut_ties_marks_sce_ties_at_the_top_k_cut():
+    """SCE keeps the int(fraction * nonzero) entries of largest variance across the task vectors: where
+    that cut falls among equal variances (common in bfloat16), which entries survive is topk's order."""
+    a = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0])
+    b = torch.tensor([4.0, 2.0, 2.0, 2.0, 0.0])  # variances 4, 1, 1, 1, 0: four nonzero
+    assert variance_cut_ties([a, b], 0.5).tolist() == [False, True, True, True, False]  # k = 2 cuts the 1s
+    assert not variance_cut_ties([a, b], 0.25).any()  # k = 1: the 4 alone, no tie
+    assert not variance_cut_ties([a, b], 1.0).any()  # everything kept

@@ -99,7 +99,7 @@ METHODS: dict[str, MergeMethod] = {row.name: row for row in _ROWS}
 # across it. 2: random masks from a counter-based hash (kernels.counter_uniform) instead of torch.rand.
 # 3: breadcrumbs keeps exactly int(density*n) entries at tied magnitudes; a SLERP t gradient gives the
 # final norm and lm_head its first value (mergekit 0.1.5), not its last.
-# 4: merge.dtype is the compute dtype (mergekit's): a bfloat16/float16 merge rounds every step in it.
+# 4: merge.dtype is the compute dtype (mergekit's): a bfloat16/float16 merge rounds every step in it (SCE too).
 ALGORITHM_VERSION = 4
 # The study's names for mergekit's methods: `merge=dare` is DARE with TIES sign election.
 ALIASES: dict[str, str] = {"dare": "dare_ties"}
