@@ -37,7 +37,8 @@ def test_three_trials_seeded_from_the_analysis_with_per_block_merges(tmp_path):
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
         [sys.executable, "run.py", "-m", "hparams_search=merge_optuna_layerwise", "hydra.sweeper.n_trials=3",
-         *FAST,  # the command; model=tiny's own default K is 2 (conf/model/tiny.yaml) f"cache.root={tmp_path / 'cache'}",
+         *FAST,  # the command; model=tiny's own default K is 2 (conf/model/tiny.yaml)
+         f"cache.root={tmp_path / 'cache'}",
          f"hydra.sweeper.storage=sqlite:///{tmp_path / 'studies.db'}", f"hydra.sweep.dir={sweep}"],
         cwd=REPO, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
