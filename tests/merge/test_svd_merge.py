@@ -168,6 +168,28 @@ def test_tsv_with_a_zero_share_keeps_only_the_other_tasks_directions():
     torch.testing.assert_close(got, base + 2 * d0, rtol=1e-5, atol=1e-5)  # share of task 0: T w / sum w = 2
 
 
+def test_closest_orthogonal_retries_in_float64_when_float32_lapack_fails(monkeypatch):
+    """Iso-CTS on SmolLM2-135M hit LAPACK's "failed to converge" in float32 on one stacked matrix: the
+    Procrustes step then decomposes it in float64 and returns the float32 orthonormal factor."""
+    x = torch.randn(12, 5, generator=torch.Generator().manual_seed(0))
+    expected = S.closest_orthogonal(x.double()).float()
+    real_svd = torch.linalg.svd
+
+    def flaky_svd(a, *args, **kwargs):
+        if a.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return real_svd(a, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", flaky_svd)
+    got = S.closest_orthogonal(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(got.T @ got, torch.eye(5), rtol=0, atol=1e-5)
+    monkeypatch.setattr(torch.linalg, "svd", lambda a, *args, **kwargs: flaky_svd(a.float(), *args, **kwargs))
+    with pytest.raises(torch.linalg.LinAlgError):  # a failure in float64 too is not hidden
+        S.closest_orthogonal(x.double())
+
+
 def test_iso_cts_with_the_whole_rank_common_is_iso_c():
     base, models = _inputs((10, 12), 3, seed=9)
     torch.testing.assert_close(_merge("iso_cts", base, models, common_space_fraction=1.0),

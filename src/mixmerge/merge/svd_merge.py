@@ -69,8 +69,17 @@ def task_shares(weights: Sequence[float], tensor_name: str = "") -> list[float]:
 
 def closest_orthogonal(x: torch.Tensor) -> torch.Tensor:
     """The matrix with orthonormal columns (tall x) or rows (wide x) nearest to x in Frobenius norm:
-    P Q^T from x = P Sigma Q^T (the orthogonal Procrustes solution, TSV-M's decorrelation step)."""
-    p, _, qh = torch.linalg.svd(x, full_matrices=False)
+    P Q^T from x = P Sigma Q^T (the orthogonal Procrustes solution, TSV-M's decorrelation step).
+
+    LAPACK's float32 divide-and-conquer SVD can fail to converge on the nearly rank-deficient stacks Iso-CTS
+    builds (it did on one of SmolLM2-135M's matrices): such a matrix is decomposed again in float64."""
+    try:
+        p, _, qh = torch.linalg.svd(x, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        if x.dtype == torch.float64:
+            raise
+        p, _, qh = torch.linalg.svd(x.double(), full_matrices=False)
+        return (p @ qh).to(x.dtype)
     return p @ qh
 
 
