@@ -182,6 +182,16 @@ def ensure_fisher(cfg, store: ArtifactStore, specialist: Variant, splits) -> Var
     return Variant(f"fisher/{specialist.name}", art.path, art.key)
 
 
+def _specialist_tasks(specialists: Sequence[Variant], task_data: Mapping[str, Any] | None, needs: str) -> list[str]:
+    """The task each specialist was trained on, where its training data is known (the data-aware merges
+    compute their statistics from it); otherwise the error that says what ``needs`` and what was given."""
+    tasks = [v.name.removeprefix("specialist/") for v in specialists]
+    if task_data is None or any(not v.name.startswith("specialist/") or t not in task_data
+                                for v, t in zip(specialists, tasks, strict=True)):
+        raise ValueError(f"{needs} or specialists of tasks with training data; got {[v.name for v in specialists]}")
+    return tasks
+
+
 def _with_fisher(cfg, store: ArtifactStore, specialists: Sequence[Variant],
                  task_data: Mapping[str, Any] | None) -> tuple[dict, dict[str, str]]:
     """``merge=fisher`` without ``merge.fisher_paths``: each specialist's cached Fisher fills them; the merge
@@ -189,12 +199,8 @@ def _with_fisher(cfg, store: ArtifactStore, specialists: Sequence[Variant],
     merge_cfg = dict(cfg["merge"])
     if merge_cfg.get("method") != "fisher" or merge_cfg.get("fisher_paths"):
         return merge_cfg, {}
-    tasks = [v.name.removeprefix("specialist/") for v in specialists]
-    if task_data is None or any(not v.name.startswith("specialist/") or t not in task_data
-                                for v, t in zip(specialists, tasks, strict=True)):
-        raise ValueError(f"merge=fisher needs each merged model's Fisher: merge.fisher_paths (one folder per model, "
-                         f"mixmerge.merge.fisher) or specialists of tasks with training data; got "
-                         f"{[v.name for v in specialists]}")
+    tasks = _specialist_tasks(specialists, task_data, "merge=fisher needs each merged model's Fisher: "
+                              "merge.fisher_paths (one folder per model, mixmerge.merge.fisher)")
     fishers = [ensure_fisher(cfg, store, v, task_data[t]) for v, t in zip(specialists, tasks, strict=True)]
     merge_cfg["fisher_paths"] = [str(f.path) for f in fishers]
     return merge_cfg, {f.name: f.key for f in fishers}
@@ -299,12 +305,8 @@ def _with_grams(cfg, store: ArtifactStore, base: BaseModel, specialists: Sequenc
     method = merge_cfg.get("method")
     if method is None or get_method(str(method)).kind != "regmean" or merge_cfg.get("gram_paths"):
         return merge_cfg, {}
-    tasks = [v.name.removeprefix("specialist/") for v in specialists]
-    if task_data is None or any(not v.name.startswith("specialist/") or t not in task_data
-                                for v, t in zip(specialists, tasks, strict=True)):
-        raise ValueError(f"merge={method} needs each merged model's Gram matrices: merge.gram_paths (one folder per "
-                         f"model, mixmerge.merge.gram) or specialists of tasks with training data; got "
-                         f"{[v.name for v in specialists]}")
+    tasks = _specialist_tasks(specialists, task_data, f"merge={method} needs each merged model's Gram matrices: "
+                              "merge.gram_paths (one folder per model, mixmerge.merge.gram)")
     if method == "regmean_plus":
         grams = ensure_regmean_plus_grams(cfg, store, base, specialists, [task_data[t] for t in tasks])
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mixmerge.merge import InMemoryMerger, merge_folders
@@ -52,3 +53,18 @@ def test_fisher_merge_streaming_and_in_memory(tiny_base, specialists, tmp_path):
     model = load_model(tiny_base)
     InMemoryMerger(tiny_base, specialists).merge_into(model, cfg)
     torch.testing.assert_close(model.state_dict()[name], src.get(name), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("method,needs", [("fisher", "merge.fisher_paths"), ("regmean", "merge.gram_paths"),
+                                          ("regmean_plus", "merge.gram_paths")])
+def test_data_aware_merge_without_task_data_names_what_it_needs(method, needs):
+    """A data-aware merge of models that are not specialists of tasks with known training data is refused
+    before any statistic is computed, naming the key that would supply them."""
+    from mixmerge import stages
+
+    models = [stages.Variant("specialist/codegen", None, "a"), stages.Variant("merged", None, "b")]
+    fill = stages._with_fisher if method == "fisher" else (
+        lambda cfg, store, ms, data: stages._with_grams(cfg, store, None, ms, data))
+    for task_data in (None, {"codegen": object()}):
+        with pytest.raises(ValueError, match=rf"merge={method} needs .*{needs}.*got \['specialist/codegen', 'merged'\]"):
+            fill({"merge": {"method": method}}, None, models, task_data)
