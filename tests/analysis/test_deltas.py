@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixmerge.analysis.deltas import (
+from mixmerge.merge.deltas import (
     NormAccumulator,
     PairAccumulator,
     cosine,

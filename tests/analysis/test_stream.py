@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mixmerge.analysis import stream
-from mixmerge.analysis.deltas import cosine, pearson, sign_conflict_rate
 from mixmerge.analysis.stream import ALL, analyze_models
+from mixmerge.merge.deltas import cosine, pearson, sign_conflict_rate
 
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 

@@ -5,14 +5,6 @@ figures and numbers; ``recommend``/``check_recommendation`` decide mix vs merge 
 against measured variants; ``write_analysis_report`` writes the Markdown summary.
 """
 
-from mixmerge.analysis.deltas import (
-    NormAccumulator,
-    PairAccumulator,
-    cosine,
-    delta_l2,
-    pearson,
-    sign_conflict_rate,
-)
 from mixmerge.analysis.layers import TensorLocation, locate
 from mixmerge.analysis.plots import plot_analysis, write_tables
 from mixmerge.analysis.recommend import (
@@ -23,6 +15,14 @@ from mixmerge.analysis.recommend import (
 )
 from mixmerge.analysis.report import write_analysis_report
 from mixmerge.analysis.stream import AnalysisResult, analyze_models
+from mixmerge.merge.deltas import (
+    NormAccumulator,
+    PairAccumulator,
+    cosine,
+    delta_l2,
+    pearson,
+    sign_conflict_rate,
+)
 
 __all__ = [
     "AnalysisResult",
